@@ -1,0 +1,98 @@
+"""Collective requests: the vocabulary in which every commlib protocol is written.
+
+A *protocol* is a generator that yields collective requests and receives their
+results (DESIGN.md, principle 2)::
+
+    def exchange(x):
+        total = yield AllReduce(x)          # receives the sum over ranks
+        return total / world_size
+
+A protocol may also yield a tuple of requests (one *round*); it then receives a
+tuple of results, and the runtime may issue the requests concurrently. Drivers
+(``torch_driver``, ``mpi_driver``, the simulator's ``LocalGroup``) execute the
+requests; the protocol never knows which runtime it is in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import TypeVar, Union
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "AllReduce",
+    "AllGather",
+    "Broadcast",
+    "Collective",
+    "Protocol",
+    "ordered_sum",
+    "as_round",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, eq=False)
+class AllReduce:
+    """Sum of ``tensor`` over all ranks; the result has ``tensor``'s shape and dtype.
+
+    ``ordered=True`` sums the ranks' tensors in rank order (0, 1, …, n-1) with
+    :func:`ordered_sum`, so every rank and every runtime (DDP, simulator, MPI)
+    gets the same bits; drivers implement it as an all-gather followed by that
+    sum. ``ordered=False`` uses the backend's native all-reduce (bandwidth
+    optimal, but its summation order is the backend's).
+    """
+
+    tensor: Tensor
+    ordered: bool = True
+
+
+@dataclass(frozen=True, eq=False)
+class AllGather:
+    """Every rank's ``tensor``, stacked: the result has shape ``(world_size, *tensor.shape)``."""
+
+    tensor: Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class Broadcast:
+    """Rank ``src``'s ``tensor``, delivered to every rank."""
+
+    tensor: Tensor
+    src: int = 0
+
+
+Collective = Union[AllReduce, AllGather, Broadcast]
+Round = Union[Collective, tuple[Collective, ...]]
+Protocol = Generator[Round, object, T]
+
+
+def as_round(request: Round) -> tuple[Collective, ...]:
+    """Normalise what a protocol yielded to a tuple of requests, checking each."""
+    requests = request if isinstance(request, tuple) else (request,)
+    for r in requests:
+        if not isinstance(r, (AllReduce, AllGather, Broadcast)):
+            raise TypeError(f"a protocol yielded {type(r).__name__}; expected AllReduce, AllGather or Broadcast")
+        if not isinstance(r.tensor, Tensor):
+            raise TypeError(f"{type(r).__name__}.tensor must be a torch.Tensor, got {type(r.tensor).__name__}")
+    return requests
+
+
+def ordered_sum(parts: Sequence[Tensor] | Tensor) -> Tensor:
+    """Sum ``parts[0] + parts[1] + … `` left to right, elementwise.
+
+    This is the one reduction that every runtime uses for ordered all-reduces,
+    so the bits never depend on the runtime, the bucket layout or the number of
+    threads. 16-bit floats are accumulated in float32 and rounded once at the end.
+    """
+    if len(parts) == 0:
+        raise ValueError("ordered_sum needs at least one tensor")
+    dtype = parts[0].dtype
+    acc_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    acc = parts[0].to(acc_dtype, copy=True)
+    for part in parts[1:]:
+        acc.add_(part.to(acc_dtype))
+    return acc.to(dtype)

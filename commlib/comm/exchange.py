@@ -1,0 +1,200 @@
+"""The gradient exchange: which tensors to compress, and the protocol of one bucket.
+
+Used unchanged by the DDP hook and the simulator, so both issue the same
+collectives and compute the same bits. For one bucket (a list of named
+gradient tensors) at step ``t`` it builds one protocol:
+
+1. Tensors are sent dense (an ordered fp32 all-reduce) during the first
+   ``start_step`` steps, and always when they are 1-D, smaller than
+   ``min_numel``, not handled by the compressor, or compressed by less than
+   ``min_compression_rate``. The rest go through ``compressor.exchange``.
+2. Round one fuses the dense tensors, a one-element non-finite flag and the
+   first round of every compressed tensor (see :mod:`.merge`).
+3. If any rank flagged NaN/Inf, the compressed protocols are abandoned before
+   they decode anything or touch their state, and the whole bucket is sent
+   dense so the non-finite values reach the optimizer (``GradScaler`` skips
+   the step). Otherwise the remaining rounds run fused.
+
+Dense ("cast") compressors — Identity, FP16, BF16 — take every tensor through
+their own native all-reduce, with no flag and no warm-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..compress.base import Compressor, TensorContext
+from ..compress.dense import _Cast
+from .collectives import AllReduce, Protocol, as_round
+from .merge import fuse_round, merge, split_round
+
+__all__ = ["ExchangeConfig", "BucketReport", "GradientExchange"]
+
+
+@dataclass(frozen=True)
+class ExchangeConfig:
+    """When to compress. ``start_step`` dense steps first (DDP rebuilds its buckets after step 0)."""
+
+    seed: int = 0
+    start_step: int = 2
+    min_compression_rate: float = 2.0
+    min_numel: int = 256
+
+    def __post_init__(self) -> None:
+        if self.start_step < 0:
+            raise ValueError(f"start_step must be >= 0, got {self.start_step}")
+        if self.min_compression_rate < 0:
+            raise ValueError(f"min_compression_rate must be >= 0, got {self.min_compression_rate}")
+
+
+@dataclass
+class BucketReport:
+    """What one bucket's exchange cost this rank (bytes as implemented, see docs/architecture.md)."""
+
+    sent: int = 0
+    received: int = 0
+    dense_fp32: int = 0
+    compressed_numel: int = 0
+    dense_numel: int = 0
+    non_finite: bool = False
+
+
+def _received(sent: int, world: int, gathered: bool) -> int:
+    """Bytes received for ``sent`` payload bytes: all-gather (n−1)·P, ring all-reduce 2(n−1)/n·P."""
+    return (world - 1) * sent if gathered else (2 * (world - 1) * sent) // world
+
+
+def _resume(protocol: Protocol, answer: object) -> Protocol:
+    """Continue a started protocol, feeding it ``answer`` to its pending round."""
+    value = answer
+    while True:
+        try:
+            request = protocol.send(value)
+        except StopIteration as stop:
+            return stop.value
+        value = yield request
+
+
+class GradientExchange:
+    """Per-rank engine: decides dense vs compressed per tensor and builds each bucket's protocol."""
+
+    def __init__(self, compressor: Compressor, rank: int, world_size: int, config: ExchangeConfig | None = None):
+        if not isinstance(compressor, Compressor):
+            raise TypeError(f"compressor must be a commlib Compressor, got {type(compressor).__name__}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"invalid rank {rank} for world size {world_size}")
+        self.compressor = compressor
+        self.rank = rank
+        self.world_size = world_size
+        self.config = config or ExchangeConfig()
+        self._plan: dict[tuple[str, torch.Size], bool] = {}
+
+    def compresses(self, name: str, shape: torch.Size) -> bool:
+        """Whether tensor ``name`` of ``shape`` goes through the compressor (after the warm-up)."""
+        key = (name, shape)
+        if key not in self._plan:
+            c, cfg = self.compressor, self.config
+            ok = len(shape) >= 2 and shape.numel() >= cfg.min_numel and c.compressible(shape)
+            if ok:
+                rate = 4 * shape.numel() / max(1, c.wire_bytes(shape).total)
+                ok = rate >= cfg.min_compression_rate
+            self._plan[key] = ok
+        return self._plan[key]
+
+    def protocol(self, named: Sequence[tuple[str, Tensor]], step: int) -> Protocol[tuple[list[Tensor], BucketReport]]:
+        """Protocol for one bucket: returns the averaged tensors (float32, same shapes) and its report."""
+        for name, t in named:
+            if not t.is_floating_point():
+                raise TypeError(f"gradient {name!r} has dtype {t.dtype}; commlib exchanges floating-point gradients")
+        xs = [t.detach().to(torch.float32) for _, t in named]
+        report = BucketReport(dense_fp32=4 * sum(x.numel() for x in xs))
+        n = self.world_size
+        if isinstance(self.compressor, _Cast):
+            return (yield from self._cast_protocol(named, xs, step, report))
+        compressed = [
+            i for i, (name, x) in enumerate(zip((nm for nm, _ in named), xs))
+            if step >= self.config.start_step and self.compresses(name, x.shape)
+        ]
+        chosen = set(compressed)
+        dense = [i for i in range(len(xs)) if i not in chosen]
+        bad = not all(bool(torch.isfinite(x).all()) for x in xs)
+        flag = torch.tensor([1.0 if bad else 0.0])
+        dense_payload = torch.cat([xs[i].reshape(-1) for i in dense] + [flag])
+        gens, firsts = [], []
+        for i in compressed:
+            x = torch.zeros_like(xs[i]) if bad else xs[i]  # a well-formed payload, discarded below
+            gen = self.compressor.exchange(x, self._context(named[i][0], step))
+            request = next(gen)
+            gens.append(gen)
+            firsts.append(request)
+        requests = [AllReduce(dense_payload, ordered=True)]
+        sizes = [1]
+        for request in firsts:
+            round_ = as_round(request)
+            requests.extend(round_)
+            sizes.append(len(round_))
+        fused, slots = fuse_round(requests)
+        answer = yield fused
+        parts = split_round(answer, slots)
+        total_dense = parts[0]
+        out: list[Tensor | None] = [None] * len(xs)
+        report.sent += dense_payload.numel() * 4
+        report.received += _received(dense_payload.numel() * 4, n, gathered=True)
+        report.dense_numel += dense_payload.numel() - 1
+        if float(total_dense[-1]) > 0:
+            for gen in gens:
+                gen.close()
+            everything = torch.cat([x.reshape(-1) for x in xs])
+            total = yield AllReduce(everything, ordered=True)
+            report.non_finite = True
+            report.sent += everything.numel() * 4
+            report.received += _received(everything.numel() * 4, n, gathered=True)
+            return self._split(total.div_(n), xs), report
+        offset = 0
+        for i in dense:
+            numel = xs[i].numel()
+            out[i] = total_dense[offset : offset + numel].div(n).view(xs[i].shape)
+            offset += numel
+        resumed, cursor = [], 1
+        for gen, request, size in zip(gens, firsts, sizes[1:]):
+            mine = parts[cursor : cursor + size]
+            cursor += size
+            resumed.append(_resume(gen, mine[0] if not isinstance(request, tuple) else tuple(mine)))
+        results = yield from merge(resumed)
+        for i, mean in zip(compressed, results):
+            out[i] = mean
+            sent = self.compressor.wire_bytes(xs[i].shape).total
+            report.sent += sent
+            report.received += _received(sent, n, gathered=True)  # ordered reduces are gathers too
+            report.compressed_numel += xs[i].numel()
+        return out, report
+
+    def _cast_protocol(self, named, xs, step, report):
+        results = yield from merge([self.compressor.exchange(x, self._context(nm, step)) for (nm, _), x in zip(named, xs)])
+        for x in xs:
+            sent = self.compressor.wire_bytes(x.shape).total
+            report.sent += sent
+            report.received += _received(sent, self.world_size, gathered=False)
+            report.dense_numel += x.numel()
+        return results, report
+
+    def _context(self, name: str, step: int) -> TensorContext:
+        return TensorContext(key=name, step=step, seed=self.config.seed, rank=self.rank, world_size=self.world_size)
+
+    @staticmethod
+    def _split(flat: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+        out, offset = [], 0
+        for x in like:
+            out.append(flat[offset : offset + x.numel()].view(x.shape))
+            offset += x.numel()
+        return out
+
+    def state_dict(self) -> dict[str, object]:
+        return {"compressor": self.compressor.state_dict()}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.compressor.load_state_dict(state.get("compressor", {}))

@@ -1,0 +1,162 @@
+"""The compressor interface shared by every runtime.
+
+A compressor turns one worker's gradient tensor into a protocol whose result
+is the (approximate) mean of that tensor over all workers. Two families cover
+the single-round methods:
+
+- :class:`GatherCompressor` — encode to a fixed-size byte payload, all-gather,
+  decode every rank's payload in rank order and average (top-k, QSGD, sign);
+- :class:`LinearCompressor` — encode to a fixed-size float payload whose sum is
+  meaningful, ordered all-reduce, decode the sum (random-k, sketches).
+
+Multi-round methods (PowerSGD) implement :meth:`Compressor.exchange` directly.
+
+Rules every compressor follows:
+
+* Payload sizes depend only on (shape, config): every rank issues the same collectives.
+* Decoders validate what peers sent (length, index range, finiteness) and raise
+  :class:`~commlib.errors.WireFormatError` before touching memory.
+* Randomness comes from :func:`commlib.rng.generator` keyed by ``(seed, step, key)``.
+* State is committed only after the last round, so an aborted exchange leaves it untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..comm.collectives import AllGather, AllReduce, Protocol
+from ..errors import WireFormatError
+
+__all__ = [
+    "WireBytes",
+    "TensorContext",
+    "Compressor",
+    "GatherCompressor",
+    "LinearCompressor",
+    "check_finite",
+]
+
+
+@dataclass(frozen=True)
+class WireBytes:
+    """Bytes one rank puts on the wire for one tensor, by kind."""
+
+    values: int = 0
+    indices: int = 0
+    scales: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.values + self.indices + self.scales
+
+    def __add__(self, other: WireBytes) -> WireBytes:
+        return WireBytes(self.values + other.values, self.indices + other.indices, self.scales + other.scales)
+
+
+@dataclass(frozen=True)
+class TensorContext:
+    """What a compressor may know about the tensor it is exchanging."""
+
+    key: str  # parameter name: state and randomness are keyed by it
+    step: int
+    seed: int
+    rank: int
+    world_size: int
+
+
+class Compressor(ABC):
+    """Base class: a configuration plus, for stateful methods, per-tensor state keyed by name."""
+
+    #: The short name used in configs, logs and the command line.
+    name: str = "compressor"
+
+    def config(self) -> dict[str, object]:
+        """Plain values that must agree across ranks (hashed into the config fingerprint)."""
+        if dataclasses.is_dataclass(self):
+            return {"name": self.name, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
+        return {"name": self.name}
+
+    def compressible(self, shape: torch.Size) -> bool:
+        """Whether this compressor can handle a tensor of ``shape`` (else it is sent dense)."""
+        return len(shape) >= 1
+
+    @abstractmethod
+    def wire_bytes(self, shape: torch.Size) -> WireBytes:
+        """Exact bytes this rank sends for a tensor of ``shape`` (values, indices, scales)."""
+
+    @abstractmethod
+    def exchange(self, x: Tensor, ctx: TensorContext) -> Protocol[Tensor]:
+        """Protocol whose result estimates the mean of ``x`` over ranks (float32, ``x``'s shape)."""
+
+    def state_dict(self) -> dict[str, object]:
+        """Tensors and plain values only (loadable with ``torch.load(weights_only=True)``)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} is stateless but got state keys {sorted(state)}")
+
+
+class GatherCompressor(Compressor):
+    """Encode → all-gather the byte payloads → decode each in rank order → average."""
+
+    @abstractmethod
+    def payload_bytes(self, shape: torch.Size) -> int:
+        """Length of the uint8 payload for a tensor of ``shape``."""
+
+    @abstractmethod
+    def encode(self, x: Tensor, ctx: TensorContext) -> Tensor:
+        """``x`` (float32) → uint8 payload of exactly ``payload_bytes(x.shape)`` bytes."""
+
+    @abstractmethod
+    def decode_add(self, payload: Tensor, out: Tensor, ctx: TensorContext) -> None:
+        """Validate one rank's payload and add its decoded tensor to ``out`` (float32, flat)."""
+
+    def wire_bytes(self, shape: torch.Size) -> WireBytes:
+        return WireBytes(values=self.payload_bytes(shape))
+
+    def exchange(self, x: Tensor, ctx: TensorContext) -> Protocol[Tensor]:
+        payload = self.encode(x, ctx)
+        expected = self.payload_bytes(x.shape)
+        if payload.dtype != torch.uint8 or payload.numel() != expected:
+            raise AssertionError(f"{self.name} produced a {payload.numel()}-byte payload, expected {expected}")
+        parts = yield AllGather(payload)
+        return self.decode_all(parts, x.shape, ctx)
+
+    def decode_all(self, parts: Tensor, shape: torch.Size, ctx: TensorContext) -> Tensor:
+        """Average the decoded payloads of all ranks (rows of ``parts``), summed in rank order."""
+        expected = self.payload_bytes(shape)
+        if parts.dim() != 2 or parts.shape[1] != expected:
+            raise WireFormatError(f"{self.name}: expected payloads of {expected} bytes, got shape {tuple(parts.shape)}")
+        out = torch.zeros(shape.numel(), dtype=torch.float32, device=parts.device)
+        for row in parts:
+            self.decode_add(row, out, ctx)
+        return out.div_(parts.shape[0]).view(shape)
+
+
+class LinearCompressor(Compressor):
+    """Encode to a float payload whose sum over ranks decodes to the sum of the inputs; ordered all-reduce."""
+
+    @abstractmethod
+    def encode(self, x: Tensor, ctx: TensorContext) -> Tensor:
+        """``x`` (float32) → float32 payload of a size fixed by (shape, config)."""
+
+    @abstractmethod
+    def decode(self, total: Tensor, shape: torch.Size, ctx: TensorContext) -> Tensor:
+        """The summed payload → estimate of the sum of the inputs (float32, ``shape``)."""
+
+    def exchange(self, x: Tensor, ctx: TensorContext) -> Protocol[Tensor]:
+        total = yield AllReduce(self.encode(x, ctx))
+        check_finite(total, self.name)
+        return self.decode(total, x.shape, ctx).div_(ctx.world_size)
+
+
+def check_finite(t: Tensor, what: str) -> None:
+    """Raise :class:`WireFormatError` if ``t`` (received from peers) holds NaN or Inf."""
+    if not bool(torch.isfinite(t).all()):
+        raise WireFormatError(f"{what}: received non-finite values from a peer")

@@ -1,0 +1,83 @@
+"""Top-k sparsification by magnitude (Aji & Heafield 2017; Stich et al. 2018).
+
+Each rank keeps the ``k = max(1, round(density·d))`` entries of largest
+magnitude (ties to the lower index, see :func:`commlib.ops.topk_magnitude`),
+sends them as fp32 values plus int32 indices (8 bytes per kept entry), and
+every rank sums the n sparse tensors in rank order. The operator is
+contractive: ``‖C(x) − x‖² ≤ (1 − k/d)·‖x‖²``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .. import ops
+from ..errors import WireFormatError
+from .base import GatherCompressor, TensorContext, WireBytes
+
+__all__ = ["TopK"]
+
+
+@dataclass
+class TopK(GatherCompressor):
+    """Keep a fraction ``density`` (or a count ``k``) of entries per tensor, largest magnitude first."""
+
+    density: float | None = None
+    k: int | None = None
+    name = "topk"
+
+    def __post_init__(self) -> None:
+        if (self.density is None) == (self.k is None):
+            raise ValueError("TopK needs exactly one of density= or k=")
+        if self.density is not None and not 0.0 < self.density <= 1.0:
+            raise ValueError(f"TopK density must be in (0, 1], got {self.density}")
+        if self.k is not None and (not isinstance(self.k, int) or self.k < 1):
+            raise ValueError(f"TopK k must be a positive integer, got {self.k!r}")
+
+    def count(self, numel: int) -> int:
+        """Entries kept from a tensor of ``numel`` elements."""
+        if self.k is not None:
+            if self.k > numel:
+                raise ValueError(f"TopK k={self.k} exceeds the tensor's {numel} elements")
+            return self.k
+        return min(numel, max(1, round(self.density * numel)))
+
+    def compressible(self, shape: torch.Size) -> bool:
+        return shape.numel() > 0 and (self.k is None or self.k <= shape.numel())
+
+    def payload_bytes(self, shape: torch.Size) -> int:
+        return 8 * self.count(shape.numel())
+
+    def wire_bytes(self, shape: torch.Size) -> WireBytes:
+        k = self.count(shape.numel())
+        return WireBytes(values=4 * k, indices=4 * k)
+
+    def select(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The kept ``(values, indices)`` of flat ``x``, sorted by index."""
+        flat = x.reshape(-1)
+        return ops.topk_magnitude(flat, self.count(flat.numel()))
+
+    def compress(self, x: Tensor) -> Tensor:
+        """The dense tensor ``C(x)``: ``x`` with all but the top-k entries zeroed."""
+        values, idx = self.select(x)
+        out = torch.zeros_like(x).reshape(-1)
+        out[idx] = values
+        return out.view_as(x)
+
+    def encode(self, x: Tensor, ctx: TensorContext) -> Tensor:
+        values, idx = self.select(x)
+        return torch.cat([values.float().view(torch.uint8), idx.to(torch.int32).view(torch.uint8)])
+
+    def decode_add(self, payload: Tensor, out: Tensor, ctx: TensorContext) -> None:
+        k = payload.numel() // 8
+        values = payload[: 4 * k].view(torch.float32)
+        idx = payload[4 * k :].view(torch.int32).to(torch.int64)
+        d = out.numel()
+        if k and (int(idx[0]) < 0 or int(idx[-1]) >= d or (k > 1 and not bool((idx[1:] > idx[:-1]).all()))):
+            raise WireFormatError(f"topk: indices must be strictly increasing within [0, {d}) ({ctx.key})")
+        if not bool(torch.isfinite(values).all()):
+            raise WireFormatError(f"topk: non-finite values received ({ctx.key})")
+        out[idx] += values

@@ -1,0 +1,62 @@
+"""The DDP communication hook: ``model.register_comm_hook(state, hook)``.
+
+For each bucket DDP hands over, the hook:
+
+1. names the bucket's gradients by parameter (``bucket.parameters()``), so
+   state survives DDP's bucket rebuild after the first step;
+2. builds the bucket's protocol with the state's ``GradientExchange`` (dense
+   warm-up, dense small tensors, compressed the rest, non-finite pass-through);
+   on the first step it is preceded by the config-fingerprint check;
+3. submits it to the state's ``OrderedIssuer``: bucket b+1 starts when bucket
+   b has finished, so every rank issues its collectives in the same order, and
+   the backward pass is never blocked;
+4. writes the averaged gradients into ``bucket.buffer()`` (in place, so it
+   works with ``gradient_as_bucket_view``; cast back to fp16/bf16 where the
+   model trains in them) and completes the returned future with it.
+"""
+
+# No ``from __future__ import annotations`` here: DDP checks the hook's annotations as objects.
+import torch
+import torch.distributed as dist
+from torch.futures import Future
+
+from ..comm.collectives import Protocol
+from ..comm.fingerprint import verify_same_config
+from ..comm.torch_driver import Timing
+from .state import CommState
+
+__all__ = ["hook"]
+
+
+def _protocol(state: CommState, named: "list[tuple[str, torch.Tensor]]", step: int) -> Protocol:
+    if not state.verified:
+        yield from verify_same_config(state.config(), state.rank)
+        state.verified = True
+    return (yield from state.exchange.protocol(named, step))
+
+
+def hook(state: CommState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """Compress, exchange and average one bucket's gradients; returns a future of the bucket buffer."""
+    buffer = bucket.buffer()
+    grads = bucket.gradients()
+    named = [(state.name_of(p), g) for p, g in zip(bucket.parameters(), grads)]
+    step = state.step
+    last = bucket.is_last()
+    if last:
+        state.step += 1
+    timing = Timing()
+    done = state.issuer.submit(lambda: _protocol(state, named, step), timing)
+
+    def write_back(fut: Future) -> torch.Tensor:
+        means, report = fut.value()
+        offset = 0
+        for g, mean in zip(grads, means):
+            numel = g.numel()
+            buffer[offset : offset + numel].copy_(mean.reshape(-1))
+            offset += numel
+        state.stats.add_bucket(report, timing.compute_s, timing.comm_s)
+        if last:
+            state.stats.end_step(step)
+        return buffer
+
+    return done.then(write_back)

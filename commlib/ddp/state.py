@@ -1,0 +1,119 @@
+"""``CommState``: everything the DDP hook needs, keyed by parameter name and checkpointable."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..comm.exchange import ExchangeConfig, GradientExchange
+from ..comm.stats import CommStats
+from ..comm.torch_driver import OrderedIssuer
+from ..compress.base import Compressor
+from ..compress.dense import Identity
+
+__all__ = ["CommState"]
+
+_STATE_VERSION = 1
+
+
+class CommState:
+    """State of :func:`commlib.ddp.hook` for one DDP model.
+
+    Args:
+        model: the model (or the ``DistributedDataParallel`` wrapping it); its
+            parameter names key all per-tensor state and randomness.
+        compressor: a :class:`~commlib.compress.Compressor` (default: Identity).
+        process_group: defaults to the world group.
+        seed: the shared seed of all random choices.
+        start_step: steps sent dense before compression starts (at least 1, as
+            DDP rebuilds its buckets after step 0).
+        min_compression_rate: tensors compressed less than this are sent dense.
+        min_numel: tensors with fewer elements (and all 1-D tensors) are sent dense.
+        verify_config: exchange a config fingerprint at the first step and raise
+            ``ConfigMismatchError`` on every rank if the ranks disagree.
+        log_every: log ``stats.summary()`` every so many steps (0: never).
+
+    Example::
+
+        state = CommState(model, compressor=TopK(density=0.01))
+        model.register_comm_hook(state, hook)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        compressor: Compressor | None = None,
+        *,
+        process_group: dist.ProcessGroup | None = None,
+        seed: int = 0,
+        start_step: int = 2,
+        min_compression_rate: float = 2.0,
+        min_numel: int = 256,
+        verify_config: bool = True,
+        log_every: int = 0,
+    ) -> None:
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError("CommState needs an initialised torch.distributed process group")
+        if start_step < 1:
+            raise ValueError(f"start_step must be >= 1 (DDP rebuilds its buckets after step 0), got {start_step}")
+        inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        self.names = {id(p): name for name, p in inner.named_parameters()}
+        self.process_group = process_group
+        self.rank = dist.get_rank(process_group)
+        self.world_size = dist.get_world_size(process_group)
+        self.exchange = GradientExchange(
+            compressor if compressor is not None else Identity(),
+            self.rank,
+            self.world_size,
+            ExchangeConfig(seed=seed, start_step=start_step, min_compression_rate=min_compression_rate, min_numel=min_numel),
+        )
+        self.issuer = OrderedIssuer(process_group)
+        self.stats = CommStats(log_every)
+        self.step = 0
+        self.verified = not verify_config
+
+    @property
+    def compressor(self) -> Compressor:
+        return self.exchange.compressor
+
+    def config(self) -> dict[str, object]:
+        """Plain values that must agree on every rank (the fingerprint's input)."""
+        cfg = self.exchange.config
+        return {
+            "compressor": self.compressor.config(),
+            "seed": cfg.seed,
+            "start_step": cfg.start_step,
+            "min_compression_rate": cfg.min_compression_rate,
+            "min_numel": cfg.min_numel,
+            "world_size": self.world_size,
+        }
+
+    def name_of(self, param: torch.Tensor) -> str:
+        try:
+            return self.names[id(param)]
+        except KeyError:
+            raise KeyError("a bucket holds a parameter that is not in the model given to CommState") from None
+
+    def state_dict(self) -> dict[str, object]:
+        """Tensors and plain values only: ``torch.load(..., weights_only=True)`` can read it."""
+        return {
+            "version": _STATE_VERSION,
+            "step": self.step,
+            "config": json.dumps(self.config(), sort_keys=True, default=str),
+            "exchange": self.exchange.state_dict(),
+            "stats": self.stats.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Restore a checkpoint taken with the same configuration (else ``ValueError``)."""
+        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
+            raise ValueError(f"not a commlib CommState checkpoint (version {_STATE_VERSION} expected)")
+        mine = json.dumps(self.config(), sort_keys=True, default=str)
+        if state["config"] != mine:
+            raise ValueError(f"checkpoint was taken with config {state['config']}, this state has {mine}")
+        self.exchange.load_state_dict(state["exchange"])  # type: ignore[arg-type]
+        self.stats.load_state_dict(state["stats"])  # type: ignore[arg-type]
+        self.step = int(state["step"])  # type: ignore[arg-type]
