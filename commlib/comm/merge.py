@@ -96,8 +96,12 @@ def split_round(results: object, slots: Sequence[_Slot]) -> list[Tensor]:
         req = slot.request
         whole = results[slot.group]
         if isinstance(req, AllGather):
-            rows = whole.reshape(whole.shape[0], -1)[:, slot.offset : slot.offset + slot.length]
-            part = rows.contiguous().view(req.tensor.dtype).reshape(whole.shape[0], *req.tensor.shape)
+            world = whole.shape[0]
+            if slot.length == 0:
+                part = req.tensor.new_empty((world, *req.tensor.shape))
+            else:
+                rows = whole.reshape(world, -1)[:, slot.offset : slot.offset + slot.length]
+                part = rows.contiguous().view(req.tensor.dtype).reshape(world, *req.tensor.shape)
         else:
             part = whole[slot.offset : slot.offset + slot.length].reshape(req.tensor.shape)
         out.append(part)

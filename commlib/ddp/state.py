@@ -60,7 +60,9 @@ class CommState:
         if start_step < 1:
             raise ValueError(f"start_step must be >= 1 (DDP rebuilds its buckets after step 0), got {start_step}")
         inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-        self.names = {id(p): name for name, p in inner.named_parameters()}
+        # Keep the parameters alive: ids of freed tensors are reused.
+        self.parameters = dict(inner.named_parameters())
+        self.names = {id(p): name for name, p in self.parameters.items()}
         self.process_group = process_group
         self.rank = dist.get_rank(process_group)
         self.world_size = dist.get_world_size(process_group)

@@ -1,0 +1,87 @@
+"""The gradient exchange shared by DDP and the simulator: dense rules, warm-up, non-finite pass-through."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from commlib.comm.exchange import ExchangeConfig, GradientExchange
+from commlib.comm.local import run_lockstep
+from commlib.compress import Identity, TopK
+
+
+def _run(compressor, grads_per_worker, step=5, **config):
+    n = len(grads_per_worker)
+    workers = [GradientExchange(compressor, r, n, ExchangeConfig(**config)) for r in range(n)]
+    return run_lockstep([w.protocol(g, step) for w, g in zip(workers, grads_per_worker)])
+
+
+def _grads(n: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [[("w", torch.randn(32, 32, generator=g)), ("b", torch.randn(32, generator=g)),
+             ("small", torch.randn(4, 4, generator=g))] for _ in range(n)]
+
+
+def test_dense_rules() -> None:
+    ex = GradientExchange(TopK(density=0.1), 0, 2)
+    assert ex.compresses("w", torch.Size([32, 32]))
+    assert not ex.compresses("b", torch.Size([1024]))  # 1-D
+    assert not ex.compresses("small", torch.Size([4, 4]))  # under min_numel
+    assert not GradientExchange(TopK(density=0.9), 0, 2).compresses("w", torch.Size([32, 32]))  # rate < 2
+
+
+def test_dense_tensors_are_exact_means_and_compressed_are_not() -> None:
+    grads = _grads(3)
+    (means, report), *_ = _run(TopK(density=0.1), grads)
+    exact = [sum(g[i][1] for g in grads) / 3 for i in range(3)]
+    torch.testing.assert_close(means[1], exact[1])
+    torch.testing.assert_close(means[2], exact[2])
+    assert not torch.allclose(means[0], exact[0])
+    assert report.compressed_numel == 32 * 32 and report.dense_numel == 32 + 16
+    assert report.sent == 8 * round(0.1 * 1024) + 4 * (32 + 16 + 1)
+
+
+def test_warm_up_steps_are_dense() -> None:
+    grads = _grads(2)
+    (means, report), _ = _run(TopK(density=0.1), grads, step=1, start_step=2)
+    torch.testing.assert_close(means[0], (grads[0][0][1] + grads[1][0][1]) / 2)
+    assert report.compressed_numel == 0
+
+
+def test_identity_is_exact() -> None:
+    grads = _grads(4)
+    (means, _), *_ = _run(Identity(), grads)
+    for i in range(3):
+        torch.testing.assert_close(means[i], sum(g[i][1] for g in grads) / 4)
+
+
+def test_non_finite_passes_through_dense() -> None:
+    grads = _grads(2)
+    grads[1][0] = ("w", grads[1][0][1].clone())
+    grads[1][0][1][3, 3] = float("inf")
+    (means, report), (means1, _) = _run(TopK(density=0.1), grads)
+    assert report.non_finite
+    assert torch.isinf(means[0][3, 3]) and torch.equal(means[0], means1[0])
+    torch.testing.assert_close(means[1], (grads[0][1][1] + grads[1][1][1]) / 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_float_dtypes_are_accepted(dtype: torch.dtype) -> None:
+    grads = [[(name, t.to(dtype)) for name, t in g] for g in _grads(2)]
+    (means, _), _ = _run(TopK(density=0.1), grads)
+    assert all(m.dtype == torch.float32 for m in means)
+
+
+def test_non_float_gradients_are_rejected() -> None:
+    grads = [[("w", torch.ones(32, 32, dtype=torch.int32))] for _ in range(2)]
+    with pytest.raises(TypeError, match="floating-point"):
+        _run(TopK(density=0.1), grads)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(TypeError, match="Compressor"):
+        GradientExchange("topk", 0, 2)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="rank"):
+        GradientExchange(TopK(density=0.1), 2, 2)
+    with pytest.raises(ValueError, match="start_step"):
+        ExchangeConfig(start_step=-1)
