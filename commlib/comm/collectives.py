@@ -8,7 +8,9 @@ results (DESIGN.md, principle 2)::
         return total / world_size
 
 A protocol may also yield a tuple of requests (one *round*); it then receives a
-tuple of results, and the runtime may issue the requests concurrently. Drivers
+tuple of results, and the runtime may issue the requests concurrently. A
+yielded tensor is handed over: a driver may reduce into it in place, so a
+protocol yields tensors it no longer needs (fresh payloads, never its input). Drivers
 (``torch_driver``, ``mpi_driver``, the simulator's ``LocalGroup``) execute the
 requests; the protocol never knows which runtime it is in.
 """

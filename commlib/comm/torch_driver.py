@@ -53,7 +53,7 @@ def _issue(req: Collective, group: dist.ProcessGroup | None) -> tuple[Future, Ca
     """Issue one collective; return its future and a closure that yields its result."""
     world = dist.get_world_size(group)
     if isinstance(req, AllReduce) and not req.ordered:
-        buf = req.tensor.detach().clone()
+        buf = req.tensor.detach()  # the protocol handed it over: reduced in place
         work = dist.all_reduce(buf, group=group, async_op=True)
         return work.get_future(), lambda: buf
     src = req.tensor.detach().contiguous()
@@ -63,7 +63,7 @@ def _issue(req: Collective, group: dist.ProcessGroup | None) -> tuple[Future, Ca
         if isinstance(req, AllReduce):
             return work.get_future(), lambda: ordered_sum(out)
         return work.get_future(), lambda: out
-    buf = src.clone()
+    buf = src  # handed over by the protocol: overwritten in place on the receiving ranks
     work = dist.broadcast(buf, src=dist.get_global_rank(group, req.src) if group else req.src, group=group, async_op=True)
     return work.get_future(), lambda: buf
 

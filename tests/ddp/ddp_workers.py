@@ -30,9 +30,9 @@ def params(model) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
 
-def second_step_grads(rank: int, world: int, compressor, **options) -> list[torch.Tensor]:
+def second_step_grads(rank: int, world: int, compressor, depth: int = 2, **options) -> list[torch.Tensor]:
     """Gradients after the 2nd backward (params unchanged in between), rank-specific data."""
-    model, wrapped, _ = wrap(compressor, bucket_cap_mb=0.05, hidden=256, **options)
+    model, wrapped, _ = wrap(compressor, bucket_cap_mb=0.05, hidden=256, depth=depth, **options)
     data = load_digits()
     x, y = data.x_train[rank * 32 : (rank + 1) * 32], data.y_train[rank * 32 : (rank + 1) * 32]
     for _ in range(2):
@@ -43,9 +43,10 @@ def second_step_grads(rank: int, world: int, compressor, **options) -> list[torc
 
 def equivalence(rank: int, world: int, cases: dict) -> dict:
     """Second-step gradients of the reference (no hook) and of each named hook config."""
-    out = {"reference": second_step_grads(rank, world, None)}
+    out = {}
     for name, (compressor, options) in cases.items():
         out[name] = second_step_grads(rank, world, compressor, **options)
+        out[f"{name}/reference"] = second_step_grads(rank, world, None, depth=options.get("depth", 2))
     return out
 
 

@@ -22,21 +22,22 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_hooks_match_plain_all_reduce(world: int) -> None:
+    forced = {"min_compression_rate": 0.0, "start_step": 1}
     cases = {
         "identity": (Identity(), {}),
-        "topk_full": (TopK(density=1.0), {"min_compression_rate": 0.0, "start_step": 1}),
-        "powersgd_full": (PowerSGD(rank=1000), {"min_compression_rate": 0.0, "start_step": 1}),
+        "topk_full": (TopK(density=1.0), forced),
+        # full rank equals the mean only for full-rank gradients: a linear model (10 × 64, 32 samples per rank)
+        "powersgd_full": (PowerSGD(rank=64), {**forced, "depth": 0}),
     }
     results = run_workers(equivalence, world, cases)
     for rank, res in enumerate(results):
-        ref = res["reference"]
-        assert all(torch.equal(a, b) for a, b in zip(ref, res["identity"])), f"identity differs on rank {rank}"
-        for a, b in zip(ref, res["topk_full"]):
+        assert all(torch.equal(a, b) for a, b in zip(res["identity/reference"], res["identity"])), rank
+        for a, b in zip(res["topk_full/reference"], res["topk_full"]):
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
-        for a, b in zip(ref, res["powersgd_full"]):
-            torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5)
+        for a, b in zip(res["powersgd_full/reference"], res["powersgd_full"]):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
         # compression really happened: full-rank PowerSGD is not bitwise the all-reduce
-        assert not all(torch.equal(a, b) for a, b in zip(ref, res["powersgd_full"]))
+        assert not all(torch.equal(a, b) for a, b in zip(res["powersgd_full/reference"], res["powersgd_full"]))
 
 
 def test_compressors_train_digits() -> None:
@@ -60,7 +61,7 @@ def test_compressors_train_digits() -> None:
 
 def test_powersgd_many_small_buckets_on_gloo() -> None:
     """Two-round exchanges over many buckets: torch's own powerSGD_hook mismatches collectives here."""
-    runs = {"powersgd": (PowerSGD(rank=4), {"hidden": 512, "depth": 3, "bucket_cap_mb": 0.05, "steps": 30})}
+    runs = {"powersgd": (PowerSGD(rank=4), {"hidden": 384, "depth": 4, "bucket_cap_mb": 0.05, "steps": 30})}
     results = run_workers(train_many, 4, runs)
     stats = results[0]["powersgd"]["stats"]
     assert stats["last"]["buckets"] >= 4, stats
