@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 setup: $(STAMP)
 
 # torch first, pinned (a CPU build lies on disk); the rest afterwards so pip never resolves another torch.
-$(STAMP): setup.py pyproject.toml requirements-dev.txt $(wildcard csrc/*.cpp csrc/*.h)
+$(STAMP): setup.py pyproject.toml requirements-dev.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
 	$(PIP) install -r requirements-dev.txt

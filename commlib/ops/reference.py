@@ -1,4 +1,4 @@
-"""Pure-torch reference kernels: the fallback when ``commlib._C`` is absent, and the test oracle of the C++/CUDA kernels.
+"""Pure-torch reference kernels: the fallback when ``commlib._C`` is absent, the oracle of the C++/CUDA kernels.
 
 Bit layout of :func:`pack_bits` (little-endian within a byte): code ``i`` of
 width ``b`` occupies bits ``(i*b) % 8 …`` of byte ``(i*b) // 8``. For ``b = 1``
