@@ -47,7 +47,8 @@ def run_workers(fn: Callable, world: int, *args, timeout: float = 180.0, collect
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_entry, args=(fn, r, world, port, queue, args, collective_timeout)) for r in range(world)]
+    procs = [ctx.Process(target=_entry, args=(fn, r, world, port, queue, args, collective_timeout))
+             for r in range(world)]
     for p in procs:
         p.start()
     results: dict[int, object] = {}

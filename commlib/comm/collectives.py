@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar, Union
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -67,8 +67,8 @@ class Broadcast:
     src: int = 0
 
 
-Collective = Union[AllReduce, AllGather, Broadcast]
-Round = Union[Collective, tuple[Collective, ...]]
+Collective = AllReduce | AllGather | Broadcast
+Round = Collective | tuple[Collective, ...]
 Protocol = Generator[Round, object, T]
 
 

@@ -28,7 +28,6 @@ import torch
 from torch import Tensor
 
 from ..compress.base import Compressor, TensorContext
-from ..compress.dense import _Cast
 from .collectives import AllReduce, Protocol, as_round
 from .merge import fuse_round, merge, split_round
 
@@ -69,7 +68,7 @@ def _received(sent: int, world: int, gathered: bool) -> int:
 
 
 def _finite(x: Tensor) -> bool:
-    """No NaN or Inf in ``x``: one ``aminmax`` pass (NaN and ±Inf reach the min or the max), ~5× cheaper than isfinite."""
+    """No NaN or Inf in ``x``: one ``aminmax`` pass (NaN and ±Inf reach the min or the max)."""
     if x.numel() == 0:
         return True
     lo, hi = torch.aminmax(x)
@@ -121,7 +120,7 @@ class GradientExchange:
         xs = [t.detach().to(torch.float32) for _, t in named]
         report = BucketReport(dense_fp32=4 * sum(x.numel() for x in xs))
         n = self.world_size
-        if isinstance(self.compressor, _Cast):
+        if self.compressor.is_cast:
             return (yield from self._cast_protocol(named, xs, step, report))
         compressed = [
             i for i, (name, x) in enumerate(zip((nm for nm, _ in named), xs))

@@ -34,5 +34,6 @@ def verify_same_config(config: dict[str, object], rank: int) -> Protocol[None]:
     if differ:
         raise ConfigMismatchError(
             f"commlib config mismatch: ranks {differ} differ from rank 0 "
-            f"(fingerprints {values}); this is rank {rank} with config {json.dumps(config, sort_keys=True, default=str)}"
+            f"(fingerprints {values}); this is rank {rank} with config "
+            f"{json.dumps(config, sort_keys=True, default=str)}"
         )

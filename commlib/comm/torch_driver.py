@@ -64,7 +64,8 @@ def _issue(req: Collective, group: dist.ProcessGroup | None) -> tuple[Future, Ca
             return work.get_future(), lambda: ordered_sum(out)
         return work.get_future(), lambda: out
     buf = src  # handed over by the protocol: overwritten in place on the receiving ranks
-    work = dist.broadcast(buf, src=dist.get_global_rank(group, req.src) if group else req.src, group=group, async_op=True)
+    root = dist.get_global_rank(group, req.src) if group else req.src
+    work = dist.broadcast(buf, src=root, group=group, async_op=True)
     return work.get_future(), lambda: buf
 
 

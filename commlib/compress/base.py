@@ -74,6 +74,8 @@ class Compressor(ABC):
 
     #: The short name used in configs, logs and the command line.
     name: str = "compressor"
+    #: True for the dense casts (Identity, FP16, BF16): every tensor goes through them, in one native all-reduce.
+    is_cast: bool = False
 
     def config(self) -> dict[str, object]:
         """Plain values that must agree across ranks (hashed into the config fingerprint)."""

@@ -24,6 +24,7 @@ class _Cast(Compressor):
     """Send ``x / world_size`` cast to ``wire_dtype`` through a native all-reduce."""
 
     wire_dtype = torch.float32
+    is_cast = True
 
     def wire_bytes(self, shape: torch.Size) -> WireBytes:
         return WireBytes(values=shape.numel() * self.wire_dtype.itemsize)

@@ -70,7 +70,8 @@ class CommState:
             compressor if compressor is not None else Identity(),
             self.rank,
             self.world_size,
-            ExchangeConfig(seed=seed, start_step=start_step, min_compression_rate=min_compression_rate, min_numel=min_numel),
+            ExchangeConfig(seed=seed, start_step=start_step, min_compression_rate=min_compression_rate,
+                           min_numel=min_numel),
         )
         self.issuer = OrderedIssuer(process_group)
         self.stats = CommStats(log_every)

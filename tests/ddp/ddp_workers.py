@@ -145,8 +145,9 @@ def ddp_options(rank: int, world: int, compressor) -> dict:
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     for step in range(6):
         opt.zero_grad()
-        xb = data.x_train[(step * world + rank) * 16 : (step * world + rank + 1) * 16].to(torch.bfloat16)
-        F.cross_entropy(wrapped(xb).float(), data.y_train[(step * world + rank) * 16 : (step * world + rank + 1) * 16]).backward()
+        lo = (step * world + rank) * 16
+        xb, yb = data.x_train[lo : lo + 16].to(torch.bfloat16), data.y_train[lo : lo + 16]
+        F.cross_entropy(wrapped(xb).float(), yb).backward()
         opt.step()
     out["bf16_grad_dtypes"] = {str(p.grad.dtype) for p in model.parameters()}
     out["bf16_params"] = params(model)
