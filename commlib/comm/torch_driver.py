@@ -69,11 +69,20 @@ def _issue(req: Collective, group: dist.ProcessGroup | None) -> tuple[Future, Ca
     return work.get_future(), lambda: buf
 
 
-def start(protocol: Protocol, group: dist.ProcessGroup | None = None, timing: Timing | None = None) -> Future:
-    """Start ``protocol`` on ``group``; the returned future completes with the protocol's result."""
+def start(protocol: Protocol, group: dist.ProcessGroup | None = None, timing: Timing | None = None,
+          num_threads: int | None = None) -> Future:
+    """Start ``protocol`` on ``group``; the returned future completes with the protocol's result.
+
+    Later rounds run in the backend's callback threads, whose intra-op thread
+    count is not the caller's (OpenMP settings are per thread), and a matmul's
+    bits depend on it. Every step of the protocol therefore runs with
+    ``num_threads`` intra-op threads (default: the caller's count now).
+    """
     result: Future = Future()
+    threads = num_threads if num_threads is not None else torch.get_num_threads()
 
     def advance(value: object) -> None:
+        torch.set_num_threads(threads)
         t0 = time.perf_counter()
         try:
             request = protocol.send(value)
@@ -134,6 +143,7 @@ class OrderedIssuer:
 
     def __init__(self, group: dist.ProcessGroup | None = None) -> None:
         self.group = group
+        self.num_threads = torch.get_num_threads()  # the creating thread's count, used by every protocol
         self._tail: Future | None = None
         self._lock = threading.Lock()
 
@@ -143,7 +153,7 @@ class OrderedIssuer:
 
         def launch(_: Future | None = None) -> None:
             try:
-                inner = start(make_protocol(), self.group, timing)
+                inner = start(make_protocol(), self.group, timing, self.num_threads)
             except BaseException as exc:  # noqa: BLE001
                 out.set_exception(exc)
                 return

@@ -15,7 +15,8 @@ densities = st.floats(min_value=1e-3, max_value=1.0)
 
 def exchange_all(compressors, xs, key="w", step=0, seed=0):
     n = len(xs)
-    return run_lockstep([c.exchange(x, TensorContext(key, step, seed, r, n)) for r, (c, x) in enumerate(zip(compressors, xs))])
+    pairs = enumerate(zip(compressors, xs, strict=True))
+    return run_lockstep([c.exchange(x, TensorContext(key, step, seed, r, n)) for r, (c, x) in pairs])
 
 
 @settings(max_examples=40, deadline=None)
@@ -39,7 +40,7 @@ def test_shared_indices_and_exchange_is_mean_of_local_compressions(n, shape, den
     xs = [torch.randn(shape, generator=g) for _ in range(n)]
     out = exchange_all([c] * n, xs, key="layer.w", step=step, seed=seed)
     expected = torch.zeros(shape)
-    for x, ctx in zip(xs, contexts):
+    for x, ctx in zip(xs, contexts, strict=True):
         expected += c.compress(x, ctx)
     assert all(torch.equal(o, out[0]) for o in out)
     torch.testing.assert_close(out[0], expected / n, rtol=0, atol=0)
@@ -76,7 +77,7 @@ def test_determinism_across_runs():
     c = RandK(density=0.05)
     first = exchange_all([c] * 3, xs, step=11, seed=4)
     second = exchange_all([RandK(density=0.05)] * 3, [x.clone() for x in xs], step=11, seed=4)
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         assert torch.equal(a.view(torch.int32), b.view(torch.int32))
 
 

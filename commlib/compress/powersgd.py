@@ -1,0 +1,167 @@
+"""PowerSGD: rank-r approximation by one step of subspace iteration (Vogels et al., NeurIPS 2019).
+
+A tensor of shape ``(n, *rest)`` is viewed as an ``n × m`` matrix ``M``
+(``m = prod(rest)``) and exchanged as two thin factors, ``r = min(rank, n, m)``:
+
+1. ``Q`` (``m × r``): the previous step's ``Q`` for this tensor when
+   ``warm_start`` (zero columns redrawn, see ``_initial_q``), else a standard
+   normal matrix from ``rng.generator(seed, 0 if warm_start else step, key)``,
+   identical on every rank;
+2. ``P = M Q``; ordered all-reduce; ``P ← P / n_workers``;
+3. orthonormalize ``P``'s columns (modified Gram–Schmidt with one
+   reorthogonalization per column; columns dependent on the earlier ones,
+   zero columns included, become zero, never NaN; see :func:`orthonormalize_`);
+4. ``Q = Mᵀ P``; ordered all-reduce; ``Q ← Q / n_workers``;
+5. result ``P Qᵀ`` in ``x``'s shape; ``Q`` is stored for the next step only
+   now, so an exchange abandoned after round one leaves the state untouched.
+
+Both all-reduces are linear, so the result is ``P Pᵀ · mean(M)``: the mean
+projected on the span of ``P``. At full rank (``r = min(n, m)``) that span
+holds the column space of the mean (generically: ``Q`` is random or a warm
+``Mᵀ P``), so the result is the mean itself, rank-deficient means included.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .. import rng
+from ..comm.collectives import AllReduce, Protocol
+from .base import Compressor, TensorContext, WireBytes, check_finite
+
+__all__ = ["PowerSGD", "orthonormalize_"]
+
+
+def orthonormalize_(p: Tensor, eps: float) -> Tensor:
+    """Modified Gram–Schmidt on the columns of ``p``, in place, with one reorthogonalization per column.
+
+    Left to right, column ``j`` (already stripped of the earlier columns'
+    components by the updates of step 4) is:
+
+    1. projected once more against the finished columns ``p[:, :j]``: float32
+       MGS alone loses orthogonality in proportion to the condition number of
+       ``p``; one more projection restores it to rounding level ("twice is
+       enough", Giraud, Langou & Rozložník 2005);
+    2. zeroed if its norm is now at most ``eps`` times its norm on entry (it
+       was in the span of the earlier columns; an all-zero column included,
+       so zeros give zeros, never NaN);
+    3. otherwise divided by its norm: exactly unit, whatever the gradient's scale;
+    4. removed from every later column (the modified Gram–Schmidt update).
+
+    torch's ``powerSGD_hook`` divides by ``‖p_j‖ + eps`` instead, which
+    shrinks columns of small norm, so ``P Pᵀ`` is no longer a projector and
+    even the full-rank exchange misses the mean for small gradients.
+    Branch-free and in a fixed order: deterministic, no GPU synchronization.
+    """
+    entry = torch.linalg.vector_norm(p, dim=0)
+    for j in range(p.shape[1]):
+        col = p[:, j]
+        done = p[:, :j]
+        col.sub_(done @ (done.t() @ col))
+        norm = torch.linalg.vector_norm(col)
+        col.mul_(torch.where(norm > eps * entry[j], 1 / norm, 0.0))
+        rest = p[:, j + 1 :]
+        rest.sub_(col.unsqueeze(1) * (col @ rest).unsqueeze(0))
+    return p
+
+
+@dataclass
+class PowerSGD(Compressor):
+    """Low-rank (``rank``) exchange of matrices in two ordered all-reduces, with warm-started ``Q`` per tensor.
+
+    ``orthogonalization_epsilon`` is relative: a column of ``P`` whose norm
+    after orthogonalization is at most ``eps`` times its norm before is
+    treated as zero (see :func:`orthonormalize_`).
+    """
+
+    rank: int = 4
+    warm_start: bool = True
+    orthogonalization_epsilon: float = 1e-8
+    name = "powersgd"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"PowerSGD rank must be a positive integer, got {self.rank!r}")
+        if not isinstance(self.warm_start, bool):
+            raise ValueError(f"PowerSGD warm_start must be a bool, got {self.warm_start!r}")
+        eps = self.orthogonalization_epsilon
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= eps < 1.0:
+            raise ValueError(f"PowerSGD orthogonalization_epsilon must be a number in [0, 1), got {eps!r}")
+        self._q: dict[str, Tensor] = {}
+
+    @staticmethod
+    def matrix_shape(shape: torch.Size) -> tuple[int, int]:
+        """``(n_rows, m)``: the matrix view of a tensor of ``shape``."""
+        return shape[0], math.prod(shape[1:])
+
+    def effective_rank(self, shape: torch.Size) -> int:
+        """``r = min(rank, n_rows, m)``."""
+        return min(self.rank, *self.matrix_shape(shape))
+
+    def compressible(self, shape: torch.Size) -> bool:
+        return len(shape) >= 2 and shape.numel() > 0
+
+    def wire_bytes(self, shape: torch.Size) -> WireBytes:
+        n_rows, m = self.matrix_shape(shape)
+        return WireBytes(values=4 * (n_rows + m) * self.effective_rank(shape))
+
+    def _initial_q(self, m: int, r: int, ctx: TensorContext, device: torch.device) -> Tensor:
+        """Step 1: the warm ``Q`` (zero columns redrawn, columns scaled to unit norm) or a fresh standard normal.
+
+        Zero columns come from all-zero gradients (unused parameters, DDP's
+        Join) and from columns of ``P`` zeroed as dependent; kept, they would
+        cap the rank of every later step, so they are redrawn from
+        ``rng.generator(seed, step, key)``. Scaling the columns changes nothing
+        in exact arithmetic (the orthonormalized ``P`` is the same) but keeps
+        ``P = M Q`` at the gradient's scale rather than its square, which
+        underflows float32 for small gradients. ``Q`` is identical on every
+        rank, so is all of this.
+        """
+        stored = self._q.get(ctx.key) if self.warm_start else None
+        if stored is None or stored.shape != (m, r):
+            step = 0 if self.warm_start else ctx.step
+            return torch.randn(m, r, generator=rng.generator(ctx.seed, step, ctx.key)).to(device)
+        q = stored.to(device)
+        norms = torch.linalg.vector_norm(q, dim=0)
+        fresh = torch.randn(m, r, generator=rng.generator(ctx.seed, ctx.step, ctx.key)).to(device)
+        q = torch.where(norms > 0, q, fresh)
+        return q.div_(torch.linalg.vector_norm(q, dim=0))
+
+    def exchange(self, x: Tensor, ctx: TensorContext) -> Protocol[Tensor]:
+        if not self.compressible(x.shape):
+            raise ValueError(f"powersgd: cannot compress {ctx.key!r} of shape {tuple(x.shape)} (needs 2-D, non-empty)")
+        n_rows, m = self.matrix_shape(x.shape)
+        r = self.effective_rank(x.shape)
+        mat = x.reshape(n_rows, m).to(torch.float32)
+        q = self._initial_q(m, r, ctx, mat.device)
+        p_sum = yield AllReduce(mat @ q, ordered=True)
+        check_finite(p_sum, f"powersgd P ({ctx.key})")
+        p = orthonormalize_(p_sum / ctx.world_size, self.orthogonalization_epsilon)
+        q_sum = yield AllReduce(mat.t() @ p, ordered=True)
+        check_finite(q_sum, f"powersgd Q ({ctx.key})")
+        q = q_sum / ctx.world_size
+        self._q[ctx.key] = q
+        return (p @ q.t()).view(x.shape)
+
+    def state_dict(self) -> dict[str, object]:
+        return {"q": {key: q.clone() for key, q in self._q.items()}}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Replace the warm-start state (``{}`` clears it); ``ValueError`` on anything but ``{"q": {name: 2-D}}``."""
+        if not isinstance(state, dict) or set(state) - {"q"}:
+            raise ValueError(f"PowerSGD state must be a dict with the single key 'q', got {state!r:.200}")
+        qs = state.get("q", {})
+        if not isinstance(qs, dict):
+            raise ValueError(f"PowerSGD state 'q' must be a dict of tensors, got {type(qs).__name__}")
+        loaded = {}
+        for key, q in qs.items():
+            if not isinstance(key, str) or not isinstance(q, Tensor):
+                raise ValueError(f"PowerSGD state 'q' must map names to tensors, got {key!r}: {type(q).__name__}")
+            if q.dim() != 2 or not q.is_floating_point() or not bool(torch.isfinite(q).all()):
+                raise ValueError(f"PowerSGD state 'q'[{key!r}] must be a finite 2-D float tensor, got {tuple(q.shape)}")
+            loaded[key] = q.detach().to(torch.float32, copy=True)
+        self._q = loaded

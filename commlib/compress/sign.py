@@ -1,0 +1,97 @@
+"""Scaled sign compression, one bit per element (Karimireddy et al., ICML 2019, "EF-SignSGD").
+
+The flat tensor is cut into chunks of ``chunk_size`` consecutive elements (the
+last one shorter). A chunk ``x_c`` is sent as its sign bits and one float32
+scale, the mean magnitude ``‖x_c‖₁/|c|``, and decodes to
+
+    C(x_c) = (‖x_c‖₁/|c|) · sign(x_c),   sign(0) = +1.
+
+This is the paper's scaled sign operator applied chunk by chunk; it is a
+δ-approximate compressor with ``δ = min_c ‖x_c‖₁²/(|c|·‖x_c‖₂²)``, meant to be used
+with error feedback.
+
+Wire format (fixed by shape and config): the ``num_chunks`` float32 scales,
+then ``ceil(d/8)`` bytes of sign bits (bit 1 means ``x ≥ 0``), packed with
+:func:`commlib.ops.pack_bits`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .. import ops
+from ..errors import WireFormatError
+from .base import GatherCompressor, TensorContext, WireBytes
+
+__all__ = ["Sign"]
+
+
+@dataclass
+class Sign(GatherCompressor):
+    """One sign bit per element plus one float32 mean magnitude per chunk of ``chunk_size`` elements."""
+
+    chunk_size: int = 1024
+    name = "sign"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1:
+            raise ValueError(f"Sign chunk_size must be a positive integer, got {self.chunk_size!r}")
+
+    def num_chunks(self, numel: int) -> int:
+        return -(-numel // self.chunk_size)
+
+    def compressible(self, shape: torch.Size) -> bool:
+        return shape.numel() > 0
+
+    def payload_bytes(self, shape: torch.Size) -> int:
+        return self.wire_bytes(shape).total
+
+    def wire_bytes(self, shape: torch.Size) -> WireBytes:
+        numel = shape.numel()
+        return WireBytes(values=ops.packed_length(numel, 1), scales=4 * self.num_chunks(numel))
+
+    def _chunks(self, flat: Tensor) -> Tensor:
+        """``flat`` zero-padded to whole chunks, as a (num_chunks, chunk_size) matrix."""
+        pad = (-flat.numel()) % self.chunk_size
+        if pad:
+            flat = torch.cat([flat, flat.new_zeros(pad)])
+        return flat.view(-1, self.chunk_size)
+
+    def _lengths(self, numel: int, device: torch.device) -> Tensor:
+        """Elements per chunk (float32): ``chunk_size`` for all but a shorter last chunk."""
+        lengths = torch.full((self.num_chunks(numel),), float(self.chunk_size), device=device)
+        if numel % self.chunk_size:
+            lengths[-1] = numel % self.chunk_size
+        return lengths
+
+    def encode(self, x: Tensor, ctx: TensorContext) -> Tensor:
+        flat = x.reshape(-1).to(torch.float32)
+        scales = self._chunks(flat).abs().sum(dim=1).div_(self._lengths(flat.numel(), flat.device))
+        if not bool(torch.isfinite(scales).all()):
+            raise ValueError(f"sign: a chunk scale of {ctx.key!r} is not finite (NaN/Inf input or float32 overflow)")
+        bits = ops.pack_bits((flat >= 0).to(torch.uint8), 1)
+        return torch.cat([scales.view(torch.uint8), bits])
+
+    def decode_add(self, payload: Tensor, out: Tensor, ctx: TensorContext) -> None:
+        numel = out.numel()
+        expected = self.payload_bytes(out.shape)
+        if payload.dtype != torch.uint8 or payload.shape != (expected,):
+            raise WireFormatError(
+                f"sign: expected a {expected}-byte uint8 payload, got {payload.dtype} of shape "
+                f"{tuple(payload.shape)} ({ctx.key})"
+            )
+        n_scales = 4 * self.num_chunks(numel)
+        scales = payload[:n_scales].clone().view(torch.float32)
+        if not bool(torch.isfinite(scales).all()) or bool((scales < 0).any()):
+            raise WireFormatError(f"sign: scales must be finite and non-negative ({ctx.key})")
+        signs = ops.unpack_bits(payload[n_scales:], 1, numel).to(torch.float32).mul_(2).sub_(1)
+        out.add_(self._chunks(signs).mul_(scales.unsqueeze(1)).reshape(-1)[:numel])
+
+    def compress(self, x: Tensor, ctx: TensorContext) -> Tensor:
+        """This rank's dense ``C(x)`` (float32, ``x``'s shape), bit-identical to its share of the exchange."""
+        out = torch.zeros(x.numel(), dtype=torch.float32, device=x.device)
+        self.decode_add(self.encode(x, ctx), out, ctx)
+        return out.view(x.shape)

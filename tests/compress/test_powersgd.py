@@ -1,0 +1,257 @@
+"""PowerSGD: full rank = mean, warm start, two ordered rounds, state commit after the last round, checkpoints."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import hypothesis.strategies as st
+import pytest
+import torch
+from hypothesis import given, settings
+
+from commlib.comm.collectives import AllReduce, as_round
+from commlib.comm.local import execute_local, run_lockstep
+from commlib.compress import PowerSGD, TensorContext
+from commlib.compress.powersgd import orthonormalize_
+from commlib.errors import WireFormatError
+
+
+def exchange_all(compressors, xs, key="w", step=0, seed=0):
+    n = len(xs)
+    pairs = enumerate(zip(compressors, xs, strict=True))
+    return run_lockstep([c.exchange(x, TensorContext(key, step, seed, r, n)) for r, (c, x) in pairs])
+
+
+def workers(c: PowerSGD, n: int) -> list[PowerSGD]:
+    return [copy.deepcopy(c) for _ in range(n)]
+
+
+def randn(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@settings(max_examples=40, deadline=None)
+@given(n_rows=st.integers(1, 10), m=st.integers(1, 10), n=st.sampled_from([2, 4]), seed=st.integers(0, 2**31))
+def test_full_rank_equals_mean(n_rows, m, n, seed):
+    xs = [randn(n_rows, m, seed=seed + r) for r in range(n)]
+    mean = sum(xs) / n
+    c = PowerSGD(rank=min(n_rows, m))
+    out = exchange_all(workers(c, n), xs, seed=seed)
+    assert all(torch.equal(o, out[0]) for o in out)
+    assert relative_error(out[0], mean) <= 1e-4
+
+
+@settings(max_examples=15, deadline=None)
+@given(n_rows=st.integers(4, 10), seed=st.integers(0, 2**31))
+def test_full_rank_equals_mean_for_ill_conditioned_means(n_rows, seed):
+    """Mean with condition number 1e4: needs orthonormality to rounding level (one float32 MGS pass is not enough)."""
+    g = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(n_rows, n_rows, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n_rows, n_rows, generator=g, dtype=torch.float64))
+    mean = (u * torch.logspace(0, -4, n_rows, dtype=torch.float64)) @ v.t()
+    noise = torch.randn(n_rows, n_rows, generator=g, dtype=torch.float64)
+    xs = [(mean + noise).float(), (mean - noise).float()]
+    out = exchange_all(workers(PowerSGD(rank=n_rows), 2), xs, seed=seed)
+    assert relative_error(out[0], (xs[0] + xs[1]) / 2) <= 1e-4
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n_rows=st.integers(2, 12),
+    m=st.integers(2, 12),
+    n=st.sampled_from([2, 4]),
+    seed=st.integers(0, 2**31),
+    log_scale=st.integers(-12, 6),
+)
+def test_full_rank_equals_mean_for_rank_deficient_means_over_warm_steps(n_rows, m, n, seed, log_scale):
+    """Dead units (zero rows) and batches smaller than the layer make gradients rank-deficient; at any scale."""
+    g = torch.Generator().manual_seed(seed)
+    compressors = workers(PowerSGD(rank=min(n_rows, m)), n)
+    for step in range(3):
+        k = int(torch.randint(0, min(n_rows, m), (1,), generator=g))
+        basis = torch.randn(k, m, generator=g) * 10.0**log_scale
+        xs = [torch.randn(n_rows, k, generator=g) @ basis for _ in range(n)]
+        dead = torch.rand(n_rows, generator=g) < 0.2
+        for x in xs:
+            x[dead] = 0
+        mean = sum(xs) / n
+        out = exchange_all(compressors, xs, step=step, seed=seed)
+        assert (out[0] - mean).norm() <= 1e-4 * mean.norm()
+
+
+@pytest.mark.parametrize("scale", [1e-13, 1e-6, 1e8])
+def test_warm_steps_are_exact_at_any_gradient_scale(scale):
+    """Warm Q carries the previous gradient's scale; P = M Q must not scale with its square (float32 underflow)."""
+    compressors = workers(PowerSGD(rank=6), 2)
+    for step in range(3):
+        xs = [randn(6, 6, seed=10 * step + r) * scale for r in range(2)]
+        mean = (xs[0] + xs[1]) / 2
+        out = exchange_all(compressors, xs, step=step)
+        assert relative_error(out[0], mean) <= 1e-4
+
+
+def test_higher_order_tensors_are_viewed_as_matrices():
+    xs = [randn(4, 3, 2, 2, seed=r) for r in range(2)]
+    out = exchange_all(workers(PowerSGD(rank=4), 2), xs)
+    assert out[0].shape == (4, 3, 2, 2)
+    assert relative_error(out[0], (xs[0] + xs[1]) / 2) <= 1e-4
+
+
+def test_low_rank_result_is_projection_of_mean():
+    """rank r < min(n, m): the result is P Pᵀ mean(M) with P orthonormal (n × r)."""
+    xs = [randn(12, 9, seed=r) for r in range(3)]
+    mean = sum(xs) / 3
+    out = exchange_all(workers(PowerSGD(rank=2), 3), xs)[0]
+    u, _, _ = torch.linalg.svd(out)
+    p = u[:, :2]
+    torch.testing.assert_close(out, p @ p.t() @ mean, rtol=1e-4, atol=1e-5)
+    assert torch.linalg.matrix_rank(out) == 2
+
+
+def test_two_ordered_all_reduces():
+    c = PowerSGD(rank=3)
+    x = randn(7, 5, seed=0)
+    gen = c.exchange(x, TensorContext("w", 0, 0, 0, 1))
+    first = as_round(next(gen))
+    assert len(first) == 1 and isinstance(first[0], AllReduce) and first[0].ordered
+    assert first[0].tensor.shape == (7, 3) and first[0].tensor.dtype == torch.float32
+    second = as_round(gen.send(execute_local(first)[0]))
+    assert len(second) == 1 and isinstance(second[0], AllReduce) and second[0].ordered
+    assert second[0].tensor.shape == (5, 3) and second[0].tensor.dtype == torch.float32
+    with pytest.raises(StopIteration):
+        gen.send(execute_local(second)[0])
+
+
+def test_warm_start_reuses_q():
+    xs0 = [randn(16, 12, seed=r) for r in range(2)]
+    xs1 = [randn(16, 12, seed=10 + r) for r in range(2)]
+    warm = workers(PowerSGD(rank=2), 2)
+    exchange_all(warm, xs0, step=0)
+    q0 = warm[0].state_dict()["q"]["w"]
+    warm_out = exchange_all(warm, xs1, step=1)[0]
+    cold_out = exchange_all(workers(PowerSGD(rank=2), 2), xs1, step=1)[0]
+    assert relative_error(warm_out, cold_out) > 1e-3
+    # the warm step is one power iteration started from the stored Q
+    mean = (xs1[0] + xs1[1]) / 2
+    p = orthonormalize_(mean @ q0, 1e-8)
+    torch.testing.assert_close(warm_out, p @ (mean.t() @ p).t(), rtol=1e-4, atol=1e-5)
+
+
+def test_cold_start_draws_a_fresh_q_each_step():
+    xs = [randn(16, 12, seed=r) for r in range(2)]
+    c = workers(PowerSGD(rank=2, warm_start=False), 2)
+    exchange_all(c, xs, step=0)
+    again = exchange_all(c, xs, step=1)[0]
+    fresh = exchange_all(workers(PowerSGD(rank=2, warm_start=False), 2), xs, step=1)[0]
+    assert torch.equal(again, fresh)
+    assert relative_error(again, exchange_all(workers(PowerSGD(rank=2, warm_start=False), 2), xs, step=0)[0]) > 1e-3
+
+
+def test_state_dict_round_trip_through_torch_save():
+    xs = [randn(9, 6, 2, seed=r) for r in range(2)]
+    c = workers(PowerSGD(rank=3), 2)
+    exchange_all(c, xs, key="layer.weight")
+    buf = io.BytesIO()
+    torch.save(c[0].state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    restored = [PowerSGD(rank=3) for _ in range(2)]
+    for r in restored:
+        r.load_state_dict(state)
+    assert torch.equal(state["q"]["layer.weight"], c[0].state_dict()["q"]["layer.weight"])
+    xs1 = [randn(9, 6, 2, seed=5 + r) for r in range(2)]
+    expected = exchange_all(c, xs1, key="layer.weight", step=1)
+    got = exchange_all(restored, xs1, key="layer.weight", step=1)
+    assert torch.equal(expected[0], got[0])
+
+
+def test_load_empty_state_clears():
+    c = PowerSGD(rank=2)
+    exchange_all([c], [randn(5, 5, seed=0)])
+    assert c.state_dict()["q"]
+    c.load_state_dict({})
+    assert c.state_dict() == {"q": {}}
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        {"p": {}},
+        {"q": 3},
+        {"q": {"w": "not a tensor"}},
+        {"q": {1: torch.zeros(3, 2)}},
+        {"q": {"w": torch.zeros(3)}},
+        {"q": {"w": torch.zeros(3, 2, dtype=torch.int64)}},
+        {"q": {"w": torch.full((3, 2), float("nan"))}},
+        [1, 2],
+    ],
+)
+def test_load_state_dict_rejects_junk(junk):
+    c = PowerSGD(rank=2)
+    with pytest.raises(ValueError, match="PowerSGD state"):
+        c.load_state_dict(junk)
+
+
+@pytest.mark.parametrize("rounds_done", [0, 1])
+def test_closing_mid_protocol_leaves_state_untouched(rounds_done):
+    c = PowerSGD(rank=2)
+    exchange_all([c], [randn(8, 6, seed=0)])
+    before = c.state_dict()
+    gen = c.exchange(randn(8, 6, seed=1), TensorContext("w", 1, 0, 0, 1))
+    request = next(gen)
+    for _ in range(rounds_done):
+        request = gen.send(execute_local(as_round(request))[0])
+    gen.close()
+    after = c.state_dict()
+    assert torch.equal(before["q"]["w"], after["q"]["w"])
+
+
+def test_non_finite_factor_from_a_peer_is_rejected_and_state_untouched():
+    c = PowerSGD(rank=2)
+    gen = c.exchange(randn(8, 6, seed=1), TensorContext("w", 0, 0, 0, 1))
+    request = next(gen)
+    bad = request.tensor.clone()
+    bad[0, 0] = float("inf")
+    with pytest.raises(WireFormatError, match="non-finite"):
+        gen.send(bad)
+    assert c.state_dict() == {"q": {}}
+
+
+def test_zeros_give_zeros_and_do_not_poison_the_warm_start():
+    c = workers(PowerSGD(rank=3), 2)
+    zeros = [torch.zeros(6, 4) for _ in range(2)]
+    out = exchange_all(c, zeros, step=0)
+    assert all(bool(torch.isfinite(o).all()) and not bool(o.any()) for o in out)
+    assert bool(torch.isfinite(c[0].state_dict()["q"]["w"]).all())
+    xs = [randn(6, 4, seed=r) for r in range(2)]
+    mean = (xs[0] + xs[1]) / 2
+    full = workers(PowerSGD(rank=4), 2)
+    exchange_all(full, zeros, step=0)
+    assert relative_error(exchange_all(full, xs, step=1)[0], mean) <= 1e-4
+    assert relative_error(exchange_all(c, xs, step=1)[0], mean) < 1
+
+
+def test_input_is_not_mutated_and_wire_bytes_match():
+    x = randn(10, 3, 3, seed=0)
+    keep = x.clone()
+    c = PowerSGD(rank=4)
+    exchange_all([c], [x])
+    assert torch.equal(x, keep)
+    assert c.wire_bytes(torch.Size([10, 3, 3])).values == 4 * (10 + 9) * 4
+    assert c.wire_bytes(torch.Size([2, 50])).values == 4 * (2 + 50) * 2
+
+
+def test_compressible_shapes():
+    c = PowerSGD()
+    assert not c.compressible(torch.Size([10]))
+    assert not c.compressible(torch.Size([0, 5]))
+    assert not c.compressible(torch.Size([5, 0]))
+    assert c.compressible(torch.Size([1, 1]))
+    assert c.compressible(torch.Size([3, 4, 5]))
+    with pytest.raises(ValueError, match="2-D"):
+        next(c.exchange(torch.zeros(5), TensorContext("w", 0, 0, 0, 1)))
