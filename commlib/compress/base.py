@@ -133,8 +133,10 @@ class GatherCompressor(Compressor):
     def decode_all(self, parts: Tensor, shape: torch.Size, ctx: TensorContext) -> Tensor:
         """Average the decoded payloads of all ranks (rows of ``parts``), summed in rank order."""
         expected = self.payload_bytes(shape)
-        if parts.dim() != 2 or parts.shape[1] != expected:
-            raise WireFormatError(f"{self.name}: expected payloads of {expected} bytes, got shape {tuple(parts.shape)}")
+        if parts.dtype != torch.uint8 or parts.dim() != 2 or parts.shape[1] != expected:
+            raise WireFormatError(
+                f"{self.name}: expected uint8 payloads of {expected} bytes, got {parts.dtype} {tuple(parts.shape)}"
+            )
         out = torch.zeros(shape.numel(), dtype=torch.float32, device=parts.device)
         for row in parts:
             self.decode_add(row, out, ctx)
@@ -153,7 +155,11 @@ class LinearCompressor(Compressor):
         """The summed payload → estimate of the sum of the inputs (float32, ``shape``)."""
 
     def exchange(self, x: Tensor, ctx: TensorContext) -> Protocol[Tensor]:
-        total = yield AllReduce(self.encode(x, ctx))
+        payload = self.encode(x, ctx)
+        shape = payload.shape
+        total = yield AllReduce(payload)
+        if total.shape != shape:
+            raise WireFormatError(f"{self.name}: expected a sum of shape {tuple(shape)}, got {tuple(total.shape)}")
         check_finite(total, self.name)
         return self.decode(total, x.shape, ctx).div_(ctx.world_size)
 

@@ -43,6 +43,8 @@ class RandK(LinearCompressor):
             raise ValueError(f"RandK density must be in (0, 1], got {self.density}")
         if not isinstance(self.unbiased, bool):
             raise ValueError(f"RandK unbiased must be a bool, got {self.unbiased!r}")
+        # key -> ((seed, step, numel), indices): encode and decode of one step draw the permutation once.
+        self._drawn: dict[str, tuple[tuple[int, int, int], Tensor]] = {}
 
     def count(self, numel: int) -> int:
         """Entries kept from a tensor of ``numel`` elements."""
@@ -56,8 +58,14 @@ class RandK(LinearCompressor):
 
     def indices(self, numel: int, ctx: TensorContext) -> Tensor:
         """The kept coordinates (int64, sorted): the first k of a permutation seeded by ``(seed, step, key)``."""
+        tag = (ctx.seed, ctx.step, numel)
+        cached = self._drawn.get(ctx.key)
+        if cached is not None and cached[0] == tag:
+            return cached[1]
         gen = rng.generator(ctx.seed, ctx.step, ctx.key)
-        return torch.randperm(numel, generator=gen)[: self.count(numel)].sort().values
+        idx = torch.randperm(numel, generator=gen)[: self.count(numel)].sort().values
+        self._drawn[ctx.key] = (tag, idx)
+        return idx
 
     def _scale(self, numel: int) -> float:
         return numel / self.count(numel) if self.unbiased else 1.0

@@ -32,9 +32,11 @@ class TopK(GatherCompressor):
     def __post_init__(self) -> None:
         if (self.density is None) == (self.k is None):
             raise ValueError("TopK needs exactly one of density= or k=")
-        if self.density is not None and not 0.0 < self.density <= 1.0:
+        if self.density is not None and (
+            isinstance(self.density, bool) or not isinstance(self.density, (int, float)) or not 0.0 < self.density <= 1.0
+        ):
             raise ValueError(f"TopK density must be in (0, 1], got {self.density}")
-        if self.k is not None and (not isinstance(self.k, int) or self.k < 1):
+        if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
             raise ValueError(f"TopK k must be a positive integer, got {self.k!r}")
 
     def count(self, numel: int) -> int:
@@ -60,8 +62,8 @@ class TopK(GatherCompressor):
         flat = x.reshape(-1)
         return ops.topk_magnitude(flat, self.count(flat.numel()))
 
-    def compress(self, x: Tensor) -> Tensor:
-        """The dense tensor ``C(x)``: ``x`` with all but the top-k entries zeroed."""
+    def compress(self, x: Tensor, ctx: TensorContext | None = None) -> Tensor:
+        """The dense tensor ``C(x)``: ``x`` with all but the top-k entries zeroed (``ctx`` unused: deterministic)."""
         values, idx = self.select(x)
         out = torch.zeros_like(x).reshape(-1)
         out[idx] = values
