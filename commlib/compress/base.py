@@ -38,6 +38,7 @@ __all__ = [
     "Compressor",
     "GatherCompressor",
     "LinearCompressor",
+    "check_density",
     "check_finite",
 ]
 
@@ -162,6 +163,12 @@ class LinearCompressor(Compressor):
             raise WireFormatError(f"{self.name}: expected a sum of shape {tuple(shape)}, got {tuple(total.shape)}")
         check_finite(total, self.name)
         return self.decode(total, x.shape, ctx).div_(ctx.world_size)
+
+
+def check_density(density: object, owner: str) -> None:
+    """Raise ``ValueError`` unless ``density`` is a real number in (0, 1] (booleans and NaN excluded)."""
+    if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0.0 < density <= 1.0:
+        raise ValueError(f"{owner} density must be a number in (0, 1], got {density!r}")
 
 
 def check_finite(t: Tensor, what: str) -> None:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .. import rng
 from ..errors import WireFormatError
-from .base import LinearCompressor, TensorContext, WireBytes
+from .base import LinearCompressor, TensorContext, WireBytes, check_density
 
 __all__ = ["RandK"]
 
@@ -37,10 +37,7 @@ class RandK(LinearCompressor):
     name = "randk"
 
     def __post_init__(self) -> None:
-        if isinstance(self.density, bool) or not isinstance(self.density, (int, float)):
-            raise ValueError(f"RandK density must be a number, got {self.density!r}")
-        if not 0.0 < self.density <= 1.0:
-            raise ValueError(f"RandK density must be in (0, 1], got {self.density}")
+        check_density(self.density, "RandK")
         if not isinstance(self.unbiased, bool):
             raise ValueError(f"RandK unbiased must be a bool, got {self.unbiased!r}")
         # key -> ((seed, step, numel), indices): encode and decode of one step draw the permutation once.

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .. import ops
 from ..errors import WireFormatError
-from .base import GatherCompressor, TensorContext, WireBytes
+from .base import GatherCompressor, TensorContext, WireBytes, check_density
 
 __all__ = ["TopK"]
 
@@ -32,10 +32,8 @@ class TopK(GatherCompressor):
     def __post_init__(self) -> None:
         if (self.density is None) == (self.k is None):
             raise ValueError("TopK needs exactly one of density= or k=")
-        if self.density is not None and (
-            isinstance(self.density, bool) or not isinstance(self.density, (int, float)) or not 0.0 < self.density <= 1.0
-        ):
-            raise ValueError(f"TopK density must be in (0, 1], got {self.density}")
+        if self.density is not None:
+            check_density(self.density, "TopK")
         if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
             raise ValueError(f"TopK k must be a positive integer, got {self.k!r}")
 
