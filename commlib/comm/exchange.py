@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..compress.base import Compressor, TensorContext
-from .collectives import AllReduce, Protocol, as_round
+from .collectives import AllReduce, Protocol, Round, as_round
 from .merge import fuse_round, merge, split_round
 
 __all__ = ["ExchangeConfig", "BucketReport", "GradientExchange"]
@@ -119,66 +119,59 @@ class GradientExchange:
                 raise TypeError(f"gradient {name!r} has dtype {t.dtype}; commlib exchanges floating-point gradients")
         xs = [t.detach().to(torch.float32) for _, t in named]
         report = BucketReport(dense_fp32=4 * sum(x.numel() for x in xs))
-        n = self.world_size
         if self.compressor.is_cast:
             return (yield from self._cast_protocol(named, xs, step, report))
-        compressed = [
-            i for i, (name, x) in enumerate(zip((nm for nm, _ in named), xs))
-            if step >= self.config.start_step and self.compresses(name, x.shape)
-        ]
-        chosen = set(compressed)
-        dense = [i for i in range(len(xs)) if i not in chosen]
+        warm = step >= self.config.start_step
+        compressed = [i for i, (name, x) in enumerate(zip([nm for nm, _ in named], xs))
+                      if warm and self.compresses(name, x.shape)]
+        dense = sorted(set(range(len(xs))) - set(compressed))
         bad = not all(_finite(x) for x in xs)
-        flag = torch.tensor([1.0 if bad else 0.0])
-        dense_payload = torch.cat([xs[i].reshape(-1) for i in dense] + [flag])
-        gens, firsts = [], []
-        for i in compressed:
-            x = torch.zeros_like(xs[i]) if bad else xs[i]  # a well-formed payload, discarded below
-            gen = self.compressor.exchange(x, self._context(named[i][0], step))
-            request = next(gen)
-            gens.append(gen)
-            firsts.append(request)
-        requests = [AllReduce(dense_payload, ordered=True)]
-        sizes = [1]
-        for request in firsts:
-            round_ = as_round(request)
-            requests.extend(round_)
-            sizes.append(len(round_))
+
+        # Round one: the dense tensors plus the non-finite flag, fused with every compressed protocol's first round.
+        dense_payload = torch.cat([xs[i].reshape(-1) for i in dense] + [torch.tensor([float(bad)])])
+        started = [self._start(named[i][0], torch.zeros_like(xs[i]) if bad else xs[i], step) for i in compressed]
+        requests = [AllReduce(dense_payload, ordered=True)] + [r for _, first in started for r in as_round(first)]
         fused, slots = fuse_round(requests)
-        answer = yield fused
-        parts = split_round(answer, slots)
-        total_dense = parts[0]
-        out: list[Tensor | None] = [None] * len(xs)
-        report.sent += dense_payload.numel() * 4
-        report.received += _received(dense_payload.numel() * 4, n, gathered=True)
+        parts = split_round((yield fused), slots)
+        self._count(report, dense_payload.numel(), gathered=True)
         report.dense_numel += dense_payload.numel() - 1
-        if float(total_dense[-1]) > 0:
-            for gen in gens:
+        total_dense = parts[0]
+
+        if float(total_dense[-1]) > 0:  # some rank has NaN/Inf: abandon the compressed protocols, state untouched
+            for gen, _ in started:
                 gen.close()
             everything = torch.cat([x.reshape(-1) for x in xs])
             total = yield AllReduce(everything, ordered=True)
+            self._count(report, everything.numel(), gathered=True)
             report.non_finite = True
-            report.sent += everything.numel() * 4
-            report.received += _received(everything.numel() * 4, n, gathered=True)
-            return self._split(total.div_(n), xs), report
-        offset = 0
-        for i in dense:
-            numel = xs[i].numel()
-            out[i] = total_dense[offset : offset + numel].div(n).view(xs[i].shape)
-            offset += numel
-        resumed, cursor = [], 1
-        for gen, request, size in zip(gens, firsts, sizes[1:]):
-            mine = parts[cursor : cursor + size]
-            cursor += size
-            resumed.append(_resume(gen, mine[0] if not isinstance(request, tuple) else tuple(mine)))
-        results = yield from merge(resumed)
-        for i, mean in zip(compressed, results):
+            return self._split(total.div_(self.world_size), xs), report
+
+        out: list[Tensor] = [torch.empty(0)] * len(xs)
+        for i, mean in zip(dense, self._split(total_dense[:-1].div(self.world_size), [xs[i] for i in dense])):
             out[i] = mean
+        resumed, cursor = [], 1
+        for gen, first in started:
+            size = len(as_round(first))
+            answer = parts[cursor : cursor + size]
+            cursor += size
+            resumed.append(_resume(gen, tuple(answer) if isinstance(first, tuple) else answer[0]))
+        for i, mean in zip(compressed, (yield from merge(resumed))):
+            out[i] = mean
+            report.compressed_numel += xs[i].numel()
             sent = self.compressor.wire_bytes(xs[i].shape).total
             report.sent += sent
-            report.received += _received(sent, n, gathered=True)  # ordered reduces are gathers too
-            report.compressed_numel += xs[i].numel()
+            report.received += _received(sent, self.world_size, gathered=True)  # ordered reduces are gathers too
         return out, report
+
+    def _start(self, name: str, x: Tensor, step: int) -> tuple[Protocol, Round]:
+        """Create tensor ``name``'s compressed protocol and run it to its first request."""
+        gen = self.compressor.exchange(x, self._context(name, step))
+        return gen, next(gen)
+
+    def _count(self, report: BucketReport, numel: int, gathered: bool) -> None:
+        """Add an fp32 payload of ``numel`` elements to the bytes sent and received."""
+        report.sent += 4 * numel
+        report.received += _received(4 * numel, self.world_size, gathered)
 
     def _cast_protocol(self, named, xs, step, report):
         """Casts need no per-tensor state: the whole bucket goes as one flat tensor through one native all-reduce."""
