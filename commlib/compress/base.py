@@ -131,6 +131,32 @@ class GatherCompressor(Compressor):
         parts = yield AllGather(payload)
         return self.decode_all(parts, x.shape, ctx)
 
+    def compress(self, x: Tensor, ctx: TensorContext) -> Tensor:
+        """This rank's dense ``C(x)`` (float32, ``x``'s shape), bit-identical to its share of the exchange."""
+        out = torch.zeros(x.numel(), dtype=torch.float32, device=x.device)
+        self.decode_add(self.encode(x, ctx), out, ctx)
+        return out.view(x.shape)
+
+    def split_scaled(
+        self, payload: Tensor, shape: torch.Size, n_scales: int, ctx: TensorContext
+    ) -> tuple[Tensor, Tensor]:
+        """Validate a payload laid out as ``n_scales`` float32 scales then a body; return ``(scales, body)``.
+
+        Checks the dtype and exact length, and that every scale is finite and
+        non-negative (``WireFormatError`` otherwise). Scales are copied out, as a
+        row of a gathered buffer need not be 4-byte aligned.
+        """
+        expected = self.payload_bytes(shape)
+        if payload.dtype != torch.uint8 or payload.shape != (expected,):
+            raise WireFormatError(
+                f"{self.name}: expected a {expected}-byte uint8 payload, got {payload.dtype} of shape "
+                f"{tuple(payload.shape)} ({ctx.key})"
+            )
+        scales = payload[: 4 * n_scales].clone().view(torch.float32)
+        if not bool(torch.isfinite(scales).all()) or bool((scales < 0).any()):
+            raise WireFormatError(f"{self.name}: scales must be finite and non-negative ({ctx.key})")
+        return scales, payload[4 * n_scales :]
+
     def decode_all(self, parts: Tensor, shape: torch.Size, ctx: TensorContext) -> Tensor:
         """Average the decoded payloads of all ranks (rows of ``parts``), summed in rank order."""
         expected = self.payload_bytes(shape)

@@ -149,24 +149,9 @@ class QSGD(GatherCompressor):
 
     def decode_add(self, payload: Tensor, out: Tensor, ctx: TensorContext) -> None:
         numel = out.numel()
-        expected = self.payload_bytes(out.shape)
-        if payload.dtype != torch.uint8 or payload.shape != (expected,):
-            raise WireFormatError(
-                f"qsgd: expected a {expected}-byte uint8 payload, got {payload.dtype} of shape "
-                f"{tuple(payload.shape)} ({ctx.key})"
-            )
-        n_scales = 4 * self.num_buckets(numel)
-        scales = payload[:n_scales].clone().view(torch.float32)
-        if not bool(torch.isfinite(scales).all()) or bool((scales < 0).any()):
-            raise WireFormatError(f"qsgd: scales must be finite and non-negative ({ctx.key})")
-        codes = ops.unpack_bits(payload[n_scales:], self.code_bits, numel)
+        scales, body = self.split_scaled(payload, out.shape, self.num_buckets(numel), ctx)
+        codes = ops.unpack_bits(body, self.code_bits, numel)
         if numel and int(codes.max()) > 2 * self.s:
             raise WireFormatError(f"qsgd: code {int(codes.max())} exceeds 2s = {2 * self.s} ({ctx.key})")
         levels = self._buckets(codes.to(torch.float32).sub_(self.s))
         out.add_(levels.mul_((scales / self.s).unsqueeze(1)).reshape(-1)[:numel])
-
-    def compress(self, x: Tensor, ctx: TensorContext) -> Tensor:
-        """This rank's dequantized ``Q(x)`` (float32, ``x``'s shape), bit-identical to its share of the exchange."""
-        out = torch.zeros(x.numel(), dtype=torch.float32, device=x.device)
-        self.decode_add(self.encode(x, ctx), out, ctx)
-        return out.view(x.shape)

@@ -23,7 +23,6 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from ..errors import WireFormatError
 from .base import GatherCompressor, TensorContext, WireBytes
 
 __all__ = ["Sign"]
@@ -77,21 +76,6 @@ class Sign(GatherCompressor):
 
     def decode_add(self, payload: Tensor, out: Tensor, ctx: TensorContext) -> None:
         numel = out.numel()
-        expected = self.payload_bytes(out.shape)
-        if payload.dtype != torch.uint8 or payload.shape != (expected,):
-            raise WireFormatError(
-                f"sign: expected a {expected}-byte uint8 payload, got {payload.dtype} of shape "
-                f"{tuple(payload.shape)} ({ctx.key})"
-            )
-        n_scales = 4 * self.num_chunks(numel)
-        scales = payload[:n_scales].clone().view(torch.float32)
-        if not bool(torch.isfinite(scales).all()) or bool((scales < 0).any()):
-            raise WireFormatError(f"sign: scales must be finite and non-negative ({ctx.key})")
-        signs = ops.unpack_bits(payload[n_scales:], 1, numel).to(torch.float32).mul_(2).sub_(1)
+        scales, body = self.split_scaled(payload, out.shape, self.num_chunks(numel), ctx)
+        signs = ops.unpack_bits(body, 1, numel).to(torch.float32).mul_(2).sub_(1)
         out.add_(self._chunks(signs).mul_(scales.unsqueeze(1)).reshape(-1)[:numel])
-
-    def compress(self, x: Tensor, ctx: TensorContext) -> Tensor:
-        """This rank's dense ``C(x)`` (float32, ``x``'s shape), bit-identical to its share of the exchange."""
-        out = torch.zeros(x.numel(), dtype=torch.float32, device=x.device)
-        self.decode_add(self.encode(x, ctx), out, ctx)
-        return out.view(x.shape)

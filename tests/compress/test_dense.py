@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from protocol_utils import recorded
 
-from commlib.comm.collectives import AllReduce, as_round
+from commlib.comm.collectives import AllReduce
 from commlib.comm.exchange import ExchangeConfig, GradientExchange
 from commlib.comm.local import run_lockstep
 from commlib.compress import BF16, FP16, Identity, TensorContext
 
 CASTS = [(Identity(), torch.float32, 1e-6), (FP16(), torch.float16, 1e-3), (BF16(), torch.bfloat16, 1e-2)]
-
-
-def recorded(protocol, log):
-    """Forward ``protocol``'s rounds unchanged, appending every request to ``log``."""
-    value = None
-    while True:
-        try:
-            request = protocol.send(value)
-        except StopIteration as stop:
-            return stop.value
-        log.extend(as_round(request))
-        value = yield request
 
 
 @pytest.mark.parametrize("c, wire_dtype, rtol", CASTS)

@@ -6,8 +6,8 @@ import copy
 
 import pytest
 import torch
+from protocol_utils import recorded
 
-from commlib.comm.collectives import as_round
 from commlib.comm.exchange import ExchangeConfig, GradientExchange
 from commlib.comm.local import run_lockstep
 from commlib.compress import QSGD, PowerSGD, RandK, Sign, TensorContext, TopK
@@ -156,18 +156,6 @@ def test_powersgd_rejects_non_finite_q_round():
     with pytest.raises(WireFormatError, match="non-finite"):
         gen.send(bad)
     assert c.state_dict() == {"q": {}}
-
-
-def recorded(protocol, log):
-    """Forward ``protocol``'s rounds unchanged, appending every request to ``log``."""
-    value = None
-    while True:
-        try:
-            request = protocol.send(value)
-        except StopIteration as stop:
-            return stop.value
-        log.extend(as_round(request))
-        value = yield request
 
 
 @pytest.mark.parametrize("c", COMPRESSORS, ids=repr)
