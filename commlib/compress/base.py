@@ -5,7 +5,8 @@ is the (approximate) mean of that tensor over all workers. Two families cover
 the single-round methods:
 
 - :class:`GatherCompressor` — encode to a fixed-size byte payload, all-gather,
-  decode every rank's payload in rank order and average (top-k, QSGD, sign);
+  decode every rank's payload in rank order and average (top-k), and its
+  :class:`ScaledCodesCompressor` form, per-group scales + packed codes (QSGD, sign);
 - :class:`LinearCompressor` — encode to a fixed-size float payload whose sum is
   meaningful, ordered all-reduce, decode the sum (random-k, sketches).
 
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .. import ops
 from ..comm.collectives import AllGather, AllReduce, Protocol
 from ..errors import WireFormatError
 
@@ -38,6 +40,7 @@ __all__ = [
     "Compressor",
     "GatherCompressor",
     "LinearCompressor",
+    "ScaledCodesCompressor",
     "check_density",
     "check_finite",
 ]
@@ -137,26 +140,6 @@ class GatherCompressor(Compressor):
         self.decode_add(self.encode(x, ctx), out, ctx)
         return out.view(x.shape)
 
-    def split_scaled(
-        self, payload: Tensor, shape: torch.Size, n_scales: int, ctx: TensorContext
-    ) -> tuple[Tensor, Tensor]:
-        """Validate a payload laid out as ``n_scales`` float32 scales then a body; return ``(scales, body)``.
-
-        Checks the dtype and exact length, and that every scale is finite and
-        non-negative (``WireFormatError`` otherwise). Scales are copied out, as a
-        row of a gathered buffer need not be 4-byte aligned.
-        """
-        expected = self.payload_bytes(shape)
-        if payload.dtype != torch.uint8 or payload.shape != (expected,):
-            raise WireFormatError(
-                f"{self.name}: expected a {expected}-byte uint8 payload, got {payload.dtype} of shape "
-                f"{tuple(payload.shape)} ({ctx.key})"
-            )
-        scales = payload[: 4 * n_scales].clone().view(torch.float32)
-        if not bool(torch.isfinite(scales).all()) or bool((scales < 0).any()):
-            raise WireFormatError(f"{self.name}: scales must be finite and non-negative ({ctx.key})")
-        return scales, payload[4 * n_scales :]
-
     def decode_all(self, parts: Tensor, shape: torch.Size, ctx: TensorContext) -> Tensor:
         """Average the decoded payloads of all ranks (rows of ``parts``), summed in rank order."""
         expected = self.payload_bytes(shape)
@@ -168,6 +151,65 @@ class GatherCompressor(Compressor):
         for row in parts:
             self.decode_add(row, out, ctx)
         return out.div_(parts.shape[0]).view(shape)
+
+
+class ScaledCodesCompressor(GatherCompressor):
+    """A gather payload of one float32 scale per group of ``group_size`` elements, then packed ``code_bits`` codes.
+
+    QSGD (codes = quantization levels) and Sign (1-bit codes) share this
+    layout; the last group of a tensor may be shorter.
+    """
+
+    @property
+    @abstractmethod
+    def group_size(self) -> int:
+        """Consecutive elements sharing one scale."""
+
+    @property
+    @abstractmethod
+    def code_bits(self) -> int:
+        """Bits per packed code (1, 2, 4 or 8)."""
+
+    def num_groups(self, numel: int) -> int:
+        return -(-numel // self.group_size)
+
+    def compressible(self, shape: torch.Size) -> bool:
+        return shape.numel() > 0
+
+    def payload_bytes(self, shape: torch.Size) -> int:
+        return self.wire_bytes(shape).total
+
+    def wire_bytes(self, shape: torch.Size) -> WireBytes:
+        numel = shape.numel()
+        return WireBytes(values=ops.packed_length(numel, self.code_bits), scales=4 * self.num_groups(numel))
+
+    def groups(self, flat: Tensor) -> Tensor:
+        """``flat`` zero-padded to whole groups, as a ``(num_groups, group_size)`` matrix."""
+        pad = (-flat.numel()) % self.group_size
+        if pad:
+            flat = torch.cat([flat, flat.new_zeros(pad)])
+        return flat.view(-1, self.group_size)
+
+    def split_scaled(
+        self, payload: Tensor, shape: torch.Size, ctx: TensorContext
+    ) -> tuple[Tensor, Tensor]:
+        """Validate a payload (its scales, then its packed codes); return ``(scales, packed codes)``.
+
+        Checks the dtype and exact length, and that every scale is finite and
+        non-negative (``WireFormatError`` otherwise). Scales are copied out, as a
+        row of a gathered buffer need not be 4-byte aligned.
+        """
+        expected = self.payload_bytes(shape)
+        n_scales = self.num_groups(shape.numel())
+        if payload.dtype != torch.uint8 or payload.shape != (expected,):
+            raise WireFormatError(
+                f"{self.name}: expected a {expected}-byte uint8 payload, got {payload.dtype} of shape "
+                f"{tuple(payload.shape)} ({ctx.key})"
+            )
+        scales = payload[: 4 * n_scales].clone().view(torch.float32)
+        if not bool(torch.isfinite(scales).all()) or bool((scales < 0).any()):
+            raise WireFormatError(f"{self.name}: scales must be finite and non-negative ({ctx.key})")
+        return scales, payload[4 * n_scales :]
 
 
 class LinearCompressor(Compressor):

@@ -18,7 +18,7 @@ the same distribution as ``floor(y + ξ)`` but never rounded up to ``s + 1``;
 (3) ``code = sign·level + s ∈ [0, 2s]``, packed with ``bits`` bits each
 (:func:`commlib.ops.pack_bits`). A zero bucket has scale 0 and all codes ``s``.
 
-Wire format (fixed by shape and config): the ``num_buckets`` float32 scales,
+Wire format (fixed by shape and config): one float32 scale per bucket,
 then ``packed_length(d, bits)`` bytes of codes. ξ comes from
 ``rng.generator(seed, step, key + "/rank{r}")``: each rank its own stream,
 reproducible from the seeds.
@@ -34,7 +34,7 @@ from torch import Tensor
 
 from .. import ops, rng
 from ..errors import WireFormatError
-from .base import GatherCompressor, TensorContext, WireBytes
+from .base import ScaledCodesCompressor, TensorContext
 
 __all__ = ["QSGD"]
 
@@ -47,7 +47,7 @@ def _is_int(value: object) -> bool:
 
 
 @dataclass
-class QSGD(GatherCompressor):
+class QSGD(ScaledCodesCompressor):
     """Stochastic quantization to ``s`` levels per sign, one float32 scale per bucket of ``bucket_size`` elements.
 
     Give exactly one of ``bits`` (2, 4 or 8; then ``s = 2**(bits-1) - 1``) or
@@ -79,12 +79,13 @@ class QSGD(GatherCompressor):
         return self.levels if self.levels is not None else 2 ** (self.bits - 1) - 1
 
     @property
+    def group_size(self) -> int:
+        return self.bucket_size
+
+    @property
     def code_bits(self) -> int:
         """Bits per packed code."""
         return self.bits if self.bits is not None else next(b for b in _BITS if 2 * self.s + 1 <= 2**b)
-
-    def num_buckets(self, numel: int) -> int:
-        return -(-numel // self.bucket_size)
 
     def variance_bound(self, numel: int) -> float:
         """``c`` with ``E‖Q(x) − x‖² ≤ c·‖x‖²`` for any ``x`` of ``numel`` elements.
@@ -99,23 +100,6 @@ class QSGD(GatherCompressor):
         """
         d_b = min(self.bucket_size, numel)
         return min(d_b / self.s**2, math.sqrt(d_b) / self.s)
-
-    def compressible(self, shape: torch.Size) -> bool:
-        return shape.numel() > 0
-
-    def payload_bytes(self, shape: torch.Size) -> int:
-        return self.wire_bytes(shape).total
-
-    def wire_bytes(self, shape: torch.Size) -> WireBytes:
-        numel = shape.numel()
-        return WireBytes(values=ops.packed_length(numel, self.code_bits), scales=4 * self.num_buckets(numel))
-
-    def _buckets(self, flat: Tensor) -> Tensor:
-        """``flat`` zero-padded to whole buckets, as a (num_buckets, bucket_size) matrix."""
-        pad = (-flat.numel()) % self.bucket_size
-        if pad:
-            flat = torch.cat([flat, flat.new_zeros(pad)])
-        return flat.view(-1, self.bucket_size)
 
     def _normalized(self, buckets: Tensor) -> tuple[Tensor, Tensor]:
         """``(scales, y)``: per-bucket scales and ``y = |x|/scale · s`` per element, both float32.
@@ -136,7 +120,7 @@ class QSGD(GatherCompressor):
     def encode(self, x: Tensor, ctx: TensorContext) -> Tensor:
         flat = x.reshape(-1).to(torch.float32)
         numel = flat.numel()
-        scales, y = self._normalized(self._buckets(flat))
+        scales, y = self._normalized(self.groups(flat))
         if not bool(torch.isfinite(scales).all()):
             raise ValueError(f"qsgd: a bucket norm of {ctx.key!r} is not finite (NaN/Inf input or float32 overflow)")
         y = y.reshape(-1)[:numel]
@@ -149,9 +133,9 @@ class QSGD(GatherCompressor):
 
     def decode_add(self, payload: Tensor, out: Tensor, ctx: TensorContext) -> None:
         numel = out.numel()
-        scales, body = self.split_scaled(payload, out.shape, self.num_buckets(numel), ctx)
+        scales, body = self.split_scaled(payload, out.shape, ctx)
         codes = ops.unpack_bits(body, self.code_bits, numel)
         if numel and int(codes.max()) > 2 * self.s:
             raise WireFormatError(f"qsgd: code {int(codes.max())} exceeds 2s = {2 * self.s} ({ctx.key})")
-        levels = self._buckets(codes.to(torch.float32).sub_(self.s))
+        levels = self.groups(codes.to(torch.float32).sub_(self.s))
         out.add_(levels.mul_((scales / self.s).unsqueeze(1)).reshape(-1)[:numel])

@@ -10,7 +10,7 @@ This is the paper's scaled sign operator applied chunk by chunk; it is a
 δ-approximate compressor with ``δ = min_c ‖x_c‖₁²/(|c|·‖x_c‖₂²)``, meant to be used
 with error feedback.
 
-Wire format (fixed by shape and config): the ``num_chunks`` float32 scales,
+Wire format (fixed by shape and config): one float32 scale per chunk,
 then ``ceil(d/8)`` bytes of sign bits (bit 1 means ``x ≥ 0``), packed with
 :func:`commlib.ops.pack_bits`.
 """
@@ -23,13 +23,13 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from .base import GatherCompressor, TensorContext, WireBytes
+from .base import ScaledCodesCompressor, TensorContext
 
 __all__ = ["Sign"]
 
 
 @dataclass
-class Sign(GatherCompressor):
+class Sign(ScaledCodesCompressor):
     """One sign bit per element plus one float32 mean magnitude per chunk of ``chunk_size`` elements."""
 
     chunk_size: int = 1024
@@ -39,36 +39,24 @@ class Sign(GatherCompressor):
         if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1:
             raise ValueError(f"Sign chunk_size must be a positive integer, got {self.chunk_size!r}")
 
-    def num_chunks(self, numel: int) -> int:
-        return -(-numel // self.chunk_size)
+    @property
+    def group_size(self) -> int:
+        return self.chunk_size
 
-    def compressible(self, shape: torch.Size) -> bool:
-        return shape.numel() > 0
-
-    def payload_bytes(self, shape: torch.Size) -> int:
-        return self.wire_bytes(shape).total
-
-    def wire_bytes(self, shape: torch.Size) -> WireBytes:
-        numel = shape.numel()
-        return WireBytes(values=ops.packed_length(numel, 1), scales=4 * self.num_chunks(numel))
-
-    def _chunks(self, flat: Tensor) -> Tensor:
-        """``flat`` zero-padded to whole chunks, as a (num_chunks, chunk_size) matrix."""
-        pad = (-flat.numel()) % self.chunk_size
-        if pad:
-            flat = torch.cat([flat, flat.new_zeros(pad)])
-        return flat.view(-1, self.chunk_size)
+    @property
+    def code_bits(self) -> int:
+        return 1
 
     def _lengths(self, numel: int, device: torch.device) -> Tensor:
         """Elements per chunk (float32): ``chunk_size`` for all but a shorter last chunk."""
-        lengths = torch.full((self.num_chunks(numel),), float(self.chunk_size), device=device)
+        lengths = torch.full((self.num_groups(numel),), float(self.chunk_size), device=device)
         if numel % self.chunk_size:
             lengths[-1] = numel % self.chunk_size
         return lengths
 
     def encode(self, x: Tensor, ctx: TensorContext) -> Tensor:
         flat = x.reshape(-1).to(torch.float32)
-        scales = self._chunks(flat).abs().sum(dim=1).div_(self._lengths(flat.numel(), flat.device))
+        scales = self.groups(flat).abs().sum(dim=1).div_(self._lengths(flat.numel(), flat.device))
         if not bool(torch.isfinite(scales).all()):
             raise ValueError(f"sign: a chunk scale of {ctx.key!r} is not finite (NaN/Inf input or float32 overflow)")
         bits = ops.pack_bits((flat >= 0).to(torch.uint8), 1)
@@ -76,6 +64,6 @@ class Sign(GatherCompressor):
 
     def decode_add(self, payload: Tensor, out: Tensor, ctx: TensorContext) -> None:
         numel = out.numel()
-        scales, body = self.split_scaled(payload, out.shape, self.num_chunks(numel), ctx)
+        scales, body = self.split_scaled(payload, out.shape, ctx)
         signs = ops.unpack_bits(body, 1, numel).to(torch.float32).mul_(2).sub_(1)
-        out.add_(self._chunks(signs).mul_(scales.unsqueeze(1)).reshape(-1)[:numel])
+        out.add_(self.groups(signs).mul_(scales.unsqueeze(1)).reshape(-1)[:numel])
