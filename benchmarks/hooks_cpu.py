@@ -37,8 +37,7 @@ TopK 1%, RandK 1%, QSGD 4-bit, Sign and PowerSGD rank 4 (``start_step=2``). All 
 DDP's default buckets except torch's ``powerSGD_hook``, which gets
 ``bucket_cap_mb=1000`` (one bucket): with several buckets in flight it issues its
 second all-reduce from a future callback in a rank-dependent order and gloo aborts
-with a size mismatch (torch 2.13). A commlib compressor whose class cannot be
-imported is skipped with a printed note.
+with a size mismatch (torch 2.13).
 
 Never hangs: ``init_process_group`` and every collective have a timeout
 (``--collective-timeout``), the parent waits at most ``--timeout`` seconds in total
@@ -55,7 +54,6 @@ Writes ``benchmarks/results/hooks_cpu.json`` (config, machine, rows).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import platform
@@ -97,12 +95,6 @@ HOOKS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "commlib Sign": ("commlib", "Sign", {}),
     "commlib PowerSGD r4": ("commlib", "PowerSGD", {"rank": 4}),
 }
-_MODULE_OF = {
-    "Identity": "dense", "FP16": "dense", "BF16": "dense", "TopK": "topk", "RandK": "randk",
-    "QSGD": "qsgd", "Sign": "sign", "PowerSGD": "powersgd",
-}
-
-
 @dataclass(frozen=True)
 class Config:
     features: int = 1024
@@ -117,18 +109,6 @@ class Config:
     lr: float = 0.01
     start_step: int = 2
     collective_timeout: float = 60.0
-
-
-def commlib_class(name: str) -> type | None:
-    """The compressor class, or None if it (or its module) is not importable yet."""
-    for module in ("commlib.compress", f"commlib.compress.{_MODULE_OF.get(name, name.lower())}"):
-        try:
-            cls = getattr(importlib.import_module(module), name, None)
-        except Exception:  # noqa: BLE001 - a colleague's module may be half-written
-            cls = None
-        if cls is not None:
-            return cls
-    return None
 
 
 # ---------------------------------------------------------------------------- worker side
@@ -197,11 +177,9 @@ def _setup(name: str, cfg: Config) -> tuple[nn.Module, DDP, Callable[[], dict[st
         info["bytes_method"] = f"analytic: {per_elem} x numel"
         info["analytic_bytes_per_step"] = per_elem * numel
         return model, ddp_model, lambda: {}, info
-    from commlib import ddp
+    from commlib import compress, ddp
 
-    cls = commlib_class(what)
-    if cls is None:
-        raise ImportError(f"commlib.compress.{what} is not available")
+    cls = getattr(compress, what)
     ddp_model = DDP(model)
     state = ddp.CommState(ddp_model, compressor=cls(**kwargs), seed=cfg.seed, start_step=cfg.start_step)
     ddp_model.register_comm_hook(state, ddp.hook)
@@ -427,13 +405,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: --warmup {cfg.warmup} < 3 times steps before PowerSGD / commlib start compressing")
 
     names = [n for n in HOOKS if not args.only or any(s.lower() in n.lower() for s in args.only)]
-    skipped = {}
-    for n in names:
-        family, what, _ = HOOKS[n]
-        if family == "commlib" and commlib_class(what) is None:
-            skipped[n] = f"commlib.compress.{what} not importable"
-            print(f"note: skipping {n!r}: {skipped[n]}")
-    names = [n for n in names if n not in skipped]
 
     from commlib import ops
     from commlib.train.models import mlp
@@ -471,9 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     for rank, tb in sorted(errors.items()):
         print(f"--- {'parent' if rank < 0 else f'rank {rank}'} error ---\n{tb}", file=sys.stderr)
     rows = summarise(cfg, names, results, numel)
-    rows += [{"hook": n, "skipped": why} for n, why in skipped.items()]
     print()
-    print_table([r for r in rows if "skipped" not in r])
+    print_table(rows)
     print(
         "\nstep ms: median over timed steps of the slowest rank's forward+backward+SGD step; x vs AR: over torch "
         "allreduce_hook; bytes/step: payload one rank hands to collectives (torch allreduce/fp16 analytic 4/2 x numel, "
