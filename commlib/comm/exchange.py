@@ -31,7 +31,7 @@ from ..compress.base import Compressor, TensorContext
 from .collectives import AllReduce, Protocol, Round, as_round
 from .merge import fuse_round, merge, split_round
 
-__all__ = ["ExchangeConfig", "BucketReport", "GradientExchange"]
+__all__ = ["ExchangeConfig", "BucketReport", "GradientExchange", "adjacent_view"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,26 @@ def _finite(x: Tensor) -> bool:
         return True
     lo, hi = torch.aminmax(x)
     return bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))
+
+
+def adjacent_view(xs: Sequence[Tensor]) -> Tensor | None:
+    """One flat view of ``xs`` if they lie back to back in one storage (as a DDP bucket's gradients do), else None."""
+    if not xs:
+        return None
+    first = xs[0]
+    storage, end = first.untyped_storage().data_ptr(), first.data_ptr()
+    for x in xs:
+        if not (x.is_contiguous() and x.dtype == first.dtype and x.data_ptr() == end
+                and x.untyped_storage().data_ptr() == storage):
+            return None
+        end += x.numel() * x.element_size()
+    return first.as_strided((sum(x.numel() for x in xs),), (1,))
+
+
+def _flat(xs: Sequence[Tensor]) -> Tensor:
+    """``xs`` as one flat tensor: a view when they are adjacent, else a concatenation."""
+    view = adjacent_view(xs)
+    return view if view is not None else torch.cat([x.reshape(-1) for x in xs])
 
 
 def _resume(protocol: Protocol, answer: object) -> Protocol:
@@ -175,7 +195,7 @@ class GradientExchange:
 
     def _cast_protocol(self, named, xs, step, report):
         """Casts need no per-tensor state: the whole bucket goes as one flat tensor through one native all-reduce."""
-        flat = torch.cat([x.reshape(-1) for x in xs]) if len(xs) != 1 else xs[0].reshape(-1)
+        flat = _flat(xs)
         mean = yield from self.compressor.exchange(flat, self._context(named[0][0] if named else "", step))
         sent = self.compressor.wire_bytes(flat.shape).total
         report.sent += sent

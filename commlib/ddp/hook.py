@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch.futures import Future
 
 from ..comm.collectives import Protocol
+from ..comm.exchange import adjacent_view
 from ..comm.fingerprint import verify_same_config
 from ..comm.torch_driver import Timing
 from .state import CommState
@@ -49,11 +50,14 @@ def hook(state: CommState, bucket: dist.GradBucket) -> torch.futures.Future[torc
 
     def write_back(fut: Future) -> torch.Tensor:
         means, report = fut.value()
-        offset = 0
-        for g, mean in zip(grads, means):
-            numel = g.numel()
-            buffer[offset : offset + numel].copy_(mean.reshape(-1))
-            offset += numel
+        flat = adjacent_view(means)
+        if flat is not None and flat.numel() == buffer.numel():
+            buffer.copy_(flat)  # one copy when the exchange returned views of one reduced tensor
+        else:
+            offset = 0
+            for g, mean in zip(grads, means):
+                buffer[offset : offset + g.numel()].copy_(mean.reshape(-1))
+                offset += g.numel()
         state.stats.add_bucket(report, timing.compute_s, timing.comm_s)
         if last:
             state.stats.end_step(step)

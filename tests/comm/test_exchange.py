@@ -85,3 +85,18 @@ def test_bad_arguments() -> None:
         GradientExchange(TopK(density=0.1), 2, 2)
     with pytest.raises(ValueError, match="start_step"):
         ExchangeConfig(start_step=-1)
+
+
+def test_bucket_views_are_exchanged_without_a_copy_and_left_untouched() -> None:
+    from commlib.comm.exchange import _flat
+
+    buffer = torch.arange(10, dtype=torch.float32)
+    views = [buffer[:6].view(2, 3), buffer[6:]]
+    assert _flat(views).data_ptr() == buffer.data_ptr() and torch.equal(_flat(views), buffer)
+    apart = [buffer[:3], buffer[4:]]
+    assert torch.equal(_flat(apart), torch.cat(apart)) and _flat(apart).data_ptr() != buffer.data_ptr()
+    grads = [[("w", b[:6].view(2, 3)), ("b", b[6:])] for b in (buffer.clone(), buffer.clone() + 1)]
+    before = [t.clone() for _, t in grads[0]]
+    (means, _), _ = _run(Identity(), grads)
+    torch.testing.assert_close(means[1], buffer[6:] + 0.5)
+    assert all(torch.equal(a, t) for a, (_, t) in zip(before, grads[0]))  # the exchange never writes its input
