@@ -134,6 +134,8 @@ class GradientExchange:
 
     def protocol(self, named: Sequence[tuple[str, Tensor]], step: int) -> Protocol[tuple[list[Tensor], BucketReport]]:
         """Protocol for one bucket: returns the averaged tensors (float32, same shapes) and its report."""
+        if not named:
+            raise ValueError("a bucket needs at least one tensor")
         for name, t in named:
             if not t.is_floating_point():
                 raise TypeError(f"gradient {name!r} has dtype {t.dtype}; commlib exchanges floating-point gradients")
@@ -148,7 +150,8 @@ class GradientExchange:
         bad = not all(_finite(x) for x in xs)
 
         # Round one: the dense tensors plus the non-finite flag, fused with every compressed protocol's first round.
-        dense_payload = torch.cat([xs[i].reshape(-1) for i in dense] + [torch.tensor([float(bad)])])
+        flag = torch.tensor([float(bad)], device=xs[0].device)
+        dense_payload = torch.cat([xs[i].reshape(-1) for i in dense] + [flag])
         started = [self._start(named[i][0], torch.zeros_like(xs[i]) if bad else xs[i], step) for i in compressed]
         requests = [AllReduce(dense_payload, ordered=True)] + [r for _, first in started for r in as_round(first)]
         fused, slots = fuse_round(requests)

@@ -25,10 +25,13 @@ def fingerprint(config: dict[str, object]) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little", signed=True)
 
 
-def verify_same_config(config: dict[str, object], rank: int) -> Protocol[None]:
-    """Protocol: all-gather the fingerprint of ``config``; raise ``ConfigMismatchError`` if any rank differs."""
+def verify_same_config(config: dict[str, object], rank: int, device: torch.device | str = "cpu") -> Protocol[None]:
+    """Protocol: all-gather the fingerprint of ``config``; raise ``ConfigMismatchError`` if any rank differs.
+
+    ``device`` is where the backend wants its tensors (CUDA for NCCL).
+    """
     mine = fingerprint(config)
-    everyone = yield AllGather(torch.tensor([mine], dtype=torch.int64))
+    everyone = yield AllGather(torch.tensor([mine], dtype=torch.int64, device=device))
     values = [int(v) for v in everyone.reshape(-1)]
     differ = [r for r, v in enumerate(values) if v != values[0]]
     if differ:

@@ -31,7 +31,7 @@ __all__ = ["hook"]
 
 def _protocol(state: CommState, named: "list[tuple[str, torch.Tensor]]", step: int) -> Protocol:
     if not state.verified:
-        yield from verify_same_config(state.config(), state.rank)
+        yield from verify_same_config(state.config(), state.rank, named[0][1].device)
         state.verified = True
     return (yield from state.exchange.protocol(named, step))
 

@@ -79,6 +79,8 @@ def test_non_float_gradients_are_rejected() -> None:
 
 
 def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="at least one tensor"):
+        next(GradientExchange(TopK(density=0.1), 0, 2).protocol([], step=3))
     with pytest.raises(TypeError, match="Compressor"):
         GradientExchange("topk", 0, 2)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="rank"):
