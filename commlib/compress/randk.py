@@ -5,7 +5,7 @@ random permutation seeded by ``(seed, step, key)`` (:func:`commlib.rng.generator
 so no indices travel: the k selected values are summed by an ordered all-reduce
 (4 bytes per kept entry) and scattered back into zeros. Steps of one exchange:
 
-1. ``idx`` = the first k entries of ``randperm(d)``, sorted (identical on every rank);
+1. ``idx`` = a uniform random k-subset of ``range(d)`` (:func:`uniform_subset`), sorted, identical on every rank;
 2. payload = ``x[idx]`` as float32, times ``d/k`` when ``unbiased``;
 3. ordered all-reduce of the payloads; the sum is checked finite;
 4. the sum is scattered into a zero tensor at ``idx`` and divided by the world size.
@@ -25,7 +25,25 @@ from .. import rng
 from ..errors import WireFormatError
 from .base import LinearCompressor, TensorContext, WireBytes, check_density
 
-__all__ = ["RandK"]
+__all__ = ["RandK", "uniform_subset"]
+
+
+def uniform_subset(n: int, k: int, gen: torch.Generator) -> Tensor:
+    """A uniform random k-subset of ``range(n)``, sorted, in O(k log k) when k ≪ n.
+
+    Dense case (``4k ≥ n``): the first k of ``randperm(n)``. Sparse case:
+    draw i.i.d. uniform indices until at least k distinct ones are seen, then
+    keep k of those distinct ones chosen by a random permutation. The distinct
+    set is exchangeable (its law is invariant under relabelling ``range(n)``)
+    and the stopping rule depends only on its size, so the result is uniform
+    over k-subsets, without the O(n) permutation.
+    """
+    if 4 * k >= n:
+        return torch.randperm(n, generator=gen)[:k].sort().values
+    seen = torch.empty(0, dtype=torch.int64)
+    while seen.numel() < k:
+        seen = torch.cat([seen, torch.randint(n, (k + k // 8 + 16,), generator=gen)]).unique()
+    return seen[torch.randperm(seen.numel(), generator=gen)[:k]].sort().values
 
 
 @dataclass
@@ -54,13 +72,12 @@ class RandK(LinearCompressor):
         return WireBytes(values=4 * self.count(shape.numel()))
 
     def indices(self, numel: int, ctx: TensorContext) -> Tensor:
-        """The kept coordinates (int64, sorted): the first k of a permutation seeded by ``(seed, step, key)``."""
+        """The kept coordinates (int64, sorted): a uniform random k-subset drawn from ``(seed, step, key)``."""
         tag = (ctx.seed, ctx.step, numel)
         cached = self._drawn.get(ctx.key)
         if cached is not None and cached[0] == tag:
             return cached[1]
-        gen = rng.generator(ctx.seed, ctx.step, ctx.key)
-        idx = torch.randperm(numel, generator=gen)[: self.count(numel)].sort().values
+        idx = uniform_subset(numel, self.count(numel), rng.generator(ctx.seed, ctx.step, ctx.key))
         self._drawn[ctx.key] = (tag, idx)
         return idx
 

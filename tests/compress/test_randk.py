@@ -100,3 +100,19 @@ def test_wire_bytes_are_values_only():
     assert (wb.values, wb.indices, wb.scales) == (4 * 30, 0, 0)
     assert not c.compressible(torch.Size([0, 3]))
     assert c.compressible(torch.Size([1]))
+
+
+@pytest.mark.parametrize("n, k", [(20, 3), (20, 10)])
+def test_uniform_subset_is_uniform(n, k):
+    """Every coordinate is kept with probability k/n (chi-square style bound), in both sampling regimes."""
+    from commlib.compress.randk import uniform_subset
+
+    trials = 4000
+    counts = torch.zeros(n)
+    for t in range(trials):
+        idx = uniform_subset(n, k, torch.Generator().manual_seed(t))
+        assert idx.numel() == k and idx.unique().numel() == k and bool((idx[1:] > idx[:-1]).all())
+        counts[idx] += 1
+    expected = trials * k / n
+    assert float(((counts - expected) ** 2 / expected).sum()) < 3 * n  # ~n ± √(2n) under uniformity
+    assert float((counts - expected).abs().max()) < 5 * expected**0.5
