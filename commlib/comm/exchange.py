@@ -89,12 +89,6 @@ def adjacent_view(xs: Sequence[Tensor]) -> Tensor | None:
     return first.as_strided((sum(x.numel() for x in xs),), (1,))
 
 
-def _flat(xs: Sequence[Tensor]) -> Tensor:
-    """``xs`` as one flat tensor: a view when they are adjacent, else a concatenation."""
-    view = adjacent_view(xs)
-    return view if view is not None else torch.cat([x.reshape(-1) for x in xs])
-
-
 def _resume(protocol: Protocol, answer: object) -> Protocol:
     """Continue a started protocol, feeding it ``answer`` to its pending round."""
     value = answer
@@ -132,8 +126,15 @@ class GradientExchange:
             self._plan[key] = ok
         return self._plan[key]
 
-    def protocol(self, named: Sequence[tuple[str, Tensor]], step: int) -> Protocol[tuple[list[Tensor], BucketReport]]:
-        """Protocol for one bucket: returns the averaged tensors (float32, same shapes) and its report."""
+    def protocol(
+        self, named: Sequence[tuple[str, Tensor]], step: int, inplace: bool = False
+    ) -> Protocol[tuple[list[Tensor], BucketReport]]:
+        """Protocol for one bucket: returns the averaged tensors (float32, same shapes) and its report.
+
+        ``inplace=True`` hands the tensors over (the DDP hook's bucket, which DDP
+        overwrites with the result anyway): the dense casts then reduce in them,
+        without a copy. Otherwise the inputs are never written.
+        """
         if not named:
             raise ValueError("a bucket needs at least one tensor")
         for name, t in named:
@@ -142,7 +143,7 @@ class GradientExchange:
         xs = [t.detach().to(torch.float32) for _, t in named]
         report = BucketReport(dense_fp32=4 * sum(x.numel() for x in xs))
         if self.compressor.is_cast:
-            return (yield from self._cast_protocol(named, xs, step, report))
+            return (yield from self._cast_protocol(named, xs, step, report, inplace))
         warm = step >= self.config.start_step
         compressed = [i for i, (name, x) in enumerate(zip([nm for nm, _ in named], xs))
                       if warm and self.compresses(name, x.shape)]
@@ -196,10 +197,12 @@ class GradientExchange:
         report.sent += 4 * numel
         report.received += _received(4 * numel, self.world_size, gathered)
 
-    def _cast_protocol(self, named, xs, step, report):
+    def _cast_protocol(self, named, xs, step, report, inplace):
         """Casts need no per-tensor state: the whole bucket goes as one flat tensor through one native all-reduce."""
-        flat = _flat(xs)
-        mean = yield from self.compressor.exchange(flat, self._context(named[0][0] if named else "", step))
+        view = adjacent_view(xs)
+        flat = view if view is not None else torch.cat([x.reshape(-1) for x in xs])
+        owned = inplace or view is None  # a concatenation is ours to reduce in
+        mean = yield from self.compressor.exchange(flat, self._context(named[0][0], step), inplace=owned)
         sent = self.compressor.wire_bytes(flat.shape).total
         report.sent += sent
         report.received += _received(sent, self.world_size, gathered=False)

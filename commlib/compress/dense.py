@@ -29,8 +29,12 @@ class _Cast(Compressor):
     def wire_bytes(self, shape: torch.Size) -> WireBytes:
         return WireBytes(values=shape.numel() * self.wire_dtype.itemsize)
 
-    def exchange(self, x: Tensor, ctx: TensorContext) -> Protocol[Tensor]:
-        payload = (x / ctx.world_size).to(self.wire_dtype)
+    def exchange(self, x: Tensor, ctx: TensorContext, inplace: bool = False) -> Protocol[Tensor]:
+        """Divide by the world size, cast, native all-reduce; ``inplace`` may reuse ``x`` as the payload."""
+        if inplace and x.dtype == self.wire_dtype:
+            payload = x.div_(ctx.world_size)  # the caller gave ``x`` away (DDP's bucket): no copy, like allreduce_hook
+        else:
+            payload = (x / ctx.world_size).to(self.wire_dtype)
         total = yield AllReduce(payload, ordered=False)
         return total.to(torch.float32)
 

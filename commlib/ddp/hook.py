@@ -33,7 +33,7 @@ def _protocol(state: CommState, named: "list[tuple[str, torch.Tensor]]", step: i
     if not state.verified:
         yield from verify_same_config(state.config(), state.rank, named[0][1].device)
         state.verified = True
-    return (yield from state.exchange.protocol(named, step))
+    return (yield from state.exchange.protocol(named, step, inplace=True))
 
 
 def hook(state: CommState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
@@ -46,13 +46,14 @@ def hook(state: CommState, bucket: dist.GradBucket) -> torch.futures.Future[torc
     if last:
         state.step += 1
     timing = Timing()
-    done = state.issuer.submit(lambda: _protocol(state, named, step), timing)
+    done = state.issuer.submit(lambda: _protocol(state, named, step), timing)  # hands the bucket over
 
     def write_back(fut: Future) -> torch.Tensor:
         means, report = fut.value()
         flat = adjacent_view(means)
         if flat is not None and flat.numel() == buffer.numel():
-            buffer.copy_(flat)  # one copy when the exchange returned views of one reduced tensor
+            if flat.data_ptr() != buffer.data_ptr():  # reduced in place already (dense casts): nothing to copy
+                buffer.copy_(flat)  # one copy when the exchange returned views of one reduced tensor
         else:
             offset = 0
             for g, mean in zip(grads, means):

@@ -89,16 +89,24 @@ def test_bad_arguments() -> None:
         ExchangeConfig(start_step=-1)
 
 
-def test_bucket_views_are_exchanged_without_a_copy_and_left_untouched() -> None:
-    from commlib.comm.exchange import _flat
+def test_bucket_views_are_exchanged_without_a_copy() -> None:
+    from commlib.comm.exchange import adjacent_view
 
     buffer = torch.arange(10, dtype=torch.float32)
     views = [buffer[:6].view(2, 3), buffer[6:]]
-    assert _flat(views).data_ptr() == buffer.data_ptr() and torch.equal(_flat(views), buffer)
-    apart = [buffer[:3], buffer[4:]]
-    assert torch.equal(_flat(apart), torch.cat(apart)) and _flat(apart).data_ptr() != buffer.data_ptr()
-    grads = [[("w", b[:6].view(2, 3)), ("b", b[6:])] for b in (buffer.clone(), buffer.clone() + 1)]
-    before = [t.clone() for _, t in grads[0]]
-    (means, _), _ = _run(Identity(), grads)
-    torch.testing.assert_close(means[1], buffer[6:] + 0.5)
-    assert all(torch.equal(a, t) for a, (_, t) in zip(before, grads[0]))  # the exchange never writes its input
+    flat = adjacent_view(views)
+    assert flat is not None and flat.data_ptr() == buffer.data_ptr() and torch.equal(flat, buffer)
+    assert adjacent_view([buffer[:3], buffer[4:]]) is None
+    assert adjacent_view([buffer[:3], buffer[3:].clone()]) is None
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_casts_write_their_input_only_when_handed_over(inplace: bool) -> None:
+    buffers = [torch.arange(10, dtype=torch.float32), torch.arange(10, dtype=torch.float32) + 1]
+    grads = [[("w", b[:6].view(2, 3)), ("b", b[6:])] for b in buffers]
+    before = [b.clone() for b in buffers]
+    workers = [GradientExchange(Identity(), r, 2) for r in range(2)]
+    results = run_lockstep([w.protocol(g, 5, inplace=inplace) for w, g in zip(workers, grads)])
+    for (means, _), buf, old in zip(results, buffers, before):
+        torch.testing.assert_close(means[1], torch.arange(6, 10, dtype=torch.float32) + 0.5)
+        assert torch.equal(buf, old) != inplace  # reduced in place exactly when handed over
