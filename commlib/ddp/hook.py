@@ -29,7 +29,8 @@ from .state import CommState
 __all__ = ["hook"]
 
 
-def _protocol(state: CommState, named: "list[tuple[str, torch.Tensor]]", step: int) -> Protocol:
+def _protocol(state: CommState, named: list[tuple[str, torch.Tensor]], step: int) -> Protocol:
+    """The bucket's protocol, preceded on the first call by the config-fingerprint check."""
     if not state.verified:
         yield from verify_same_config(state.config(), state.rank, named[0][1].device)
         state.verified = True
