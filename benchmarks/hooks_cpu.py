@@ -3,19 +3,30 @@
 What is measured
 ----------------
 One run spawns ``--world`` (default 4) gloo worker processes on loopback, each with
-``torch.set_num_threads(1)``. For every hook in turn, every worker builds the same
+``torch.set_num_threads(1)``. For every hook, every worker builds the same
 communication-heavy MLP (``commlib.train.models.mlp``; default 1024 features, 3 hidden
-layers of 1024, 10 classes: about 3.2M parameters) from the same seed, wraps it in a
-fresh ``DistributedDataParallel`` (a hook can be registered only once), registers the
+layers of 1024, 10 classes: about 3.2M parameters) from the same seed, wraps it in its
+own ``DistributedDataParallel`` (a hook can be registered only once), registers the
 hook and trains with plain SGD on synthetic data drawn once from a seeded
-``torch.Generator`` (a different stream per rank).
+``torch.Generator`` (a different stream per rank; every hook's model sees the same
+batches). All the models (one per hook) live side by side: ~1.2 GB peak RSS per worker with all 12.
+
+The measurement is **interleaved**: each worker first builds every hook's model and runs
+its ``--warmup`` (3) untimed steps (DDP rebuilds its buckets after step 0; both
+PowerSGDs and commlib's compressors start compressing at step 2), then runs
+``--steps`` (15) measured rounds; round i times step ``warmup + i`` of every hook once,
+in an order shuffled per round from ``(--seed, i)`` (the same on every rank, so no hook
+always follows the same other hook or holds the same place in the round). Measuring
+the hooks one after another instead made their ratios unreliable: on a loaded 2-core
+machine step times drift by ±30% over a run, so hooks measured minutes apart saw
+different machines (commlib Identity came out at 1.05x or 1.51x torch
+``allreduce_hook`` depending on where in the run it was measured). Interleaved, every
+hook samples the same stretch of time, and drift moves all of them alike.
 
 * **step time**: forward + backward (which includes the hook's communication, DDP
   waits for its futures) + ``optimizer.step()``, timed with ``time.perf_counter`` on
-  every rank after a ``dist.barrier()``. The first ``--warmup`` (3) steps are not
-  timed: DDP rebuilds its buckets after step 0 and both PowerSGDs and commlib's
-  compressors start compressing at step 2. A step's time is the slowest rank's;
-  the table shows the median over the ``--steps`` (15) measured steps.
+  every rank after a ``dist.barrier()``. A step's time is the slowest rank's; the
+  table shows the median over the ``--steps`` measured steps.
 * **× vs allreduce**: that median over the median of torch's ``allreduce_hook``.
 * **bytes/step**: payload bytes one rank hands to the collectives per step (not the
   ring's 2(n-1)/n wire traffic, and not bytes received).
@@ -58,13 +69,14 @@ import json
 import os
 import platform
 import queue as queue_mod
+import random
 import socket
 import statistics
 import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -193,57 +205,158 @@ def _setup(name: str, cfg: Config) -> tuple[nn.Module, DDP, Callable[[], dict[st
     return model, ddp_model, counters, info
 
 
-def _bench_one(name: str, cfg: Config, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
+@dataclass
+class _Run:
+    """One hook's model, optimiser and measurements on this rank."""
+
+    name: str
+    model: nn.Module
+    ddp_model: DDP
+    opt: torch.optim.Optimizer
+    counters: Callable[[], dict[str, float]]
+    info: dict[str, Any]
+    times: list[float] = field(default_factory=list)
+    before: dict[str, float] = field(default_factory=dict)
+    final_loss: float = float("nan")
+    setup_s: float = 0.0
+
+
+def _step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> float:
+    """One barrier-aligned training step of ``run``'s model; returns its duration on this rank."""
+    dist.barrier()
+    t0 = time.perf_counter()
+    run.opt.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(run.ddp_model(x), y)
+    loss.backward()
+    run.opt.step()
+    dt = time.perf_counter() - t0
+    run.final_loss = float(loss.detach())
+    return dt
+
+
+def _prepare(name: str, cfg: Config, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> _Run:
+    """Build ``name``'s model + DDP + hook and run its untimed warm-up steps."""
+    t0 = time.perf_counter()
     model, ddp_model, counters, info = _setup(name, cfg)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
-    times: list[float] = []
-    before: dict[str, float] = {}
-    for i, (x, y) in enumerate(batches):
-        if i == cfg.warmup:
-            before = counters()
-        dist.barrier()
-        t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(ddp_model(x), y)
-        loss.backward()
-        opt.step()
-        dt = time.perf_counter() - t0
-        if i >= cfg.warmup:
-            times.append(dt)
-    after = counters()
-    delta = {k: (after[k] - before.get(k, 0.0)) / cfg.steps for k in after}
-    return {"name": name, "times": times, "per_step": delta, "info": info, "buckets": _num_buckets(ddp_model),
-            "final_loss": float(loss.detach())}
+    run = _Run(name, model, ddp_model, torch.optim.SGD(model.parameters(), lr=cfg.lr), counters, info)
+    for x, y in batches[: cfg.warmup]:
+        _step(run, x, y)
+    run.setup_s = time.perf_counter() - t0
+    return run
+
+
+def _round_order(runs: list[_Run], cfg: Config, i: int) -> list[_Run]:
+    """Hook order of measured round ``i``: a shuffle seeded by (seed, i), hence the same on every rank."""
+    order = list(runs)
+    random.Random(cfg.seed * 1_000_003 + i).shuffle(order)
+    return order
+
+
+def _result(run: _Run, cfg: Config) -> dict[str, Any]:
+    after = run.counters()
+    delta = {k: (after[k] - run.before.get(k, 0.0)) / cfg.steps for k in after}
+    return {"name": run.name, "times": run.times, "per_step": delta, "info": run.info,
+            "buckets": _num_buckets(run.ddp_model), "final_loss": run.final_loss, "setup_s": run.setup_s}
+
+
+def _agree_failed(flags: list[bool]) -> list[bool]:
+    """Element-wise OR of ``flags`` over the ranks (raises, ending the worker, if the group is broken)."""
+    t = torch.tensor([1.0 if f else 0.0 for f in flags])
+    dist.all_reduce(t)
+    return [bool(v) for v in t.tolist()]
+
+
+def _error_row(name: str, exc: BaseException | None = None, why: str = "") -> dict[str, Any]:
+    if exc is None:
+        return {"name": name, "error": why}
+    return {"name": name, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+
+
+def _peak_rss_mb() -> float:
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    except Exception:  # noqa: BLE001
+        return float("nan")
 
 
 def _worker(rank: int, cfg: Config, port: int, names: list[str], out: Any) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(cfg.world))
     torch.set_num_threads(1)
-    results: list[dict[str, Any]] = []
+    errored: dict[str, dict[str, Any]] = {}  # name -> error row
+    runs: list[_Run] = []  # hooks still being measured
+    done: list[dict[str, Any]] = []
+    rounds_done = 0
+
+    def collect() -> list[dict[str, Any]]:
+        """Rows in ``names`` order: finished hooks, failed ones, and hooks cut short by a worker error."""
+        by_name = {r["name"]: r for r in done} | errored
+        for run in runs:
+            by_name.setdefault(run.name, _error_row(
+                run.name, why=f"worker stopped after {rounds_done} of {cfg.steps} measured rounds"))
+        return [by_name[n] for n in names if n in by_name]
+
     try:
         dist.init_process_group(
             "gloo", rank=rank, world_size=cfg.world, timeout=timedelta(seconds=cfg.collective_timeout)
         )
         batches = _batches(cfg, rank)
+        t_start = time.perf_counter()
+        # 1. one model per hook, each warmed up; the ranks agree after each whether it can be measured
         for name in names:
-            t0 = time.perf_counter()
+            run: _Run | None = None
             try:
-                row = _bench_one(name, cfg, batches)
+                run = _prepare(name, cfg, batches)
             except Exception as exc:  # noqa: BLE001 - recorded, then the ranks agree whether to go on
-                row = {"name": name, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-            failed = torch.tensor([1.0 if "error" in row else 0.0])
-            dist.all_reduce(failed)  # raises (and ends this worker) if the group is broken
-            if failed.item() and "error" not in row:
-                row["error"] = "another rank failed on this hook"
-            row["wall_s"] = time.perf_counter() - t0
-            results.append(row)
+                errored[name] = _error_row(name, exc)
+            if _agree_failed([run is None])[0]:
+                errored.setdefault(name, _error_row(name, why="another rank failed on this hook"))
+                run = None
+            if run is not None:
+                runs.append(run)
             if rank == 0:
+                status = errored[name]["error"] if name in errored else f"built + {cfg.warmup} warm-up steps"
+                print(f"  [{time.perf_counter() - t_start:5.1f}s] {name}: {status}", flush=True)
+        if rank == 0:
+            print(f"  rank 0 peak RSS {_peak_rss_mb():.0f} MB with {len(runs)} models", flush=True)
+        # 2. measured steps, interleaved: round i runs step (warmup + i) of every hook, in a per-round order
+        for i in range(cfg.steps):
+            if not runs:
+                break
+            x, y = batches[cfg.warmup + i]
+            failed: dict[str, bool] = {}
+            for run in _round_order(runs, cfg, i):
+                try:
+                    if i == 0:
+                        run.before = run.counters()
+                    run.times.append(_step(run, x, y))
+                    failed[run.name] = False
+                except Exception as exc:  # noqa: BLE001 - recorded, then the ranks agree below
+                    errored[run.name] = _error_row(run.name, exc)
+                    failed[run.name] = True
+            agreed = _agree_failed([failed[r.name] for r in runs])
+            for run, bad in zip(list(runs), agreed, strict=True):
+                if bad:
+                    errored.setdefault(run.name, _error_row(run.name, why="another rank failed on this hook"))
+                    runs.remove(run)
+            rounds_done = i + 1
+            if rank == 0 and ((i + 1) % 5 == 0 or i + 1 == cfg.steps):
+                print(f"  [{time.perf_counter() - t_start:5.1f}s] measured round {i + 1}/{cfg.steps} "
+                      f"({len(runs)} hooks)", flush=True)
+        # 3. counters after the last measured step of each hook
+        for run in list(runs):
+            done.append(_result(run, cfg))
+            runs.remove(run)
+        if rank == 0:
+            for row in collect():
                 med = statistics.median(row["times"]) * 1e3 if "times" in row else float("nan")
                 status = row.get("error", f"median {med:.1f} ms (rank 0)")
-                print(f"  [{row['wall_s']:5.1f}s] {name}: {status}", flush=True)
-        out.put((rank, "ok", results))
+                print(f"  {row['name']}: {status}", flush=True)
+            print(f"  rank 0 peak RSS {_peak_rss_mb():.0f} MB", flush=True)
+        out.put((rank, "ok", collect()))
     except BaseException:  # noqa: BLE001 - reported to the parent with what was measured so far
-        out.put((rank, "error", {"partial": results, "traceback": traceback.format_exc()}))
+        out.put((rank, "error", {"partial": collect(), "traceback": traceback.format_exc()}))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -308,7 +421,7 @@ def summarise(cfg: Config, names: list[str], results: dict[int, list[dict[str, A
         errs = [r["error"] for r in per_rank if "error" in r]
         row: dict[str, Any] = {"hook": name, "ranks_reporting": len(per_rank)}
         if not per_rank or errs or len(per_rank) < cfg.world:
-            row["error"] = errs[0] if errs else "no result (workers stopped before this hook)"
+            row["error"] = errs[0] if errs else "no result (workers stopped before this hook finished)"
             rows.append(row)
             continue
         step_max = [max(ts) for ts in zip(*(r["times"] for r in per_rank), strict=True)]
