@@ -1,0 +1,250 @@
+"""The two-phase interface shared by every error-feedback method, and small helpers.
+
+An error-feedback method is a small state machine per tensor key (parameter
+name). One step of worker i for one tensor is split in two phases so that the
+same object can be driven by any runtime (DDP hook, in-process simulator, MPI):
+
+1. ``u = method.message(key, g, ctx)`` — the tensor to compress. Pure: reads the
+   state, never writes it.
+2. The runtime computes ``delta_local = C(u)`` (this rank's dense compressed
+   message, e.g. :func:`local_compress`) and exchanges it; the exchange returns
+   ``delta_mean``, the mean of all ranks' ``C(u)``.
+3. ``out = method.commit(key, g, delta_local, delta_mean)`` — updates the state
+   and returns what the optimizer must see (a fresh tensor).
+
+If the exchange is aborted, or ``g`` is not finite (check with :func:`is_finite`),
+the runtime must not call :meth:`ErrorFeedback.commit`; the state is then
+exactly as before the step (DESIGN.md: non-finite gradients leave all state
+untouched).
+
+State is kept in ``dtype`` (float32 by default, whatever the gradient dtype),
+created lazily as zeros of ``g``'s shape the first time a key is seen.
+``state_dict()`` holds only tensors and plain values, so it loads with
+``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from ..compress.base import Compressor, TensorContext
+
+__all__ = ["ErrorFeedback", "is_finite", "require_local_compressor", "local_compress", "default_eta"]
+
+
+def is_finite(g: Tensor) -> bool:
+    """True when every entry of ``g`` is finite. When False, skip :meth:`ErrorFeedback.commit` for this step."""
+    return bool(torch.isfinite(g).all())
+
+
+def require_local_compressor(compressor: object) -> Compressor:
+    """Return ``compressor`` if it has a local ``compress(x, ctx)`` giving this rank's dense ``C(x)``.
+
+    Error feedback needs each worker's own compressed message ``C(u)``. Top-k,
+    random-k, QSGD and Sign provide it; PowerSGD (a multi-round low-rank
+    exchange whose result only exists after communication) and the dense casts
+    do not, and are rejected with ``ValueError``.
+    """
+    fn = getattr(compressor, "compress", None)
+    if not callable(fn):
+        name = getattr(compressor, "name", type(compressor).__name__)
+        raise ValueError(
+            f"error feedback needs a compressor with a local compress(x, ctx) (TopK, RandK, QSGD, Sign); "
+            f"{type(compressor).__name__} ({name!r}) has none"
+        )
+    return compressor  # type: ignore[return-value]
+
+
+def local_compress(compressor: Compressor, u: Tensor, ctx: TensorContext) -> Tensor:
+    """This rank's dense ``C(u)`` from ``compressor`` (validated by :func:`require_local_compressor`)."""
+    out = require_local_compressor(compressor).compress(u, ctx)  # type: ignore[attr-defined]
+    if out.shape != u.shape:
+        raise AssertionError(
+            f"{compressor.name}: compress returned shape {tuple(out.shape)}, expected {tuple(u.shape)}"
+        )
+    return out
+
+
+def default_eta(compressor: Compressor, numel: int) -> float:
+    """EControl's default ``η = δ/2`` for ``compressor`` on a tensor of ``numel`` elements.
+
+    ``δ`` is the nominal contraction constant ``k/d`` of top-k and of unscaled
+    random-k (``‖C(x) − x‖² ≤ (1 − δ)‖x‖²``). The theory takes ``η = Θ(δ)``
+    (Gao, Islamov, Stich, ICLR 2024); in our simulations ``η ≈ δ`` to ``2δ`` was
+    still stable and larger ``η`` diverged, so ``δ/2`` leaves a margin. For
+    compressors without a known ``δ`` this raises ``ValueError``: pass ``eta``
+    explicitly.
+    """
+    from ..compress.randk import RandK
+    from ..compress.topk import TopK
+
+    if isinstance(numel, bool) or not isinstance(numel, int) or numel < 1:
+        raise ValueError(f"numel must be a positive integer, got {numel!r}")
+    if isinstance(compressor, TopK) or (isinstance(compressor, RandK) and not compressor.unbiased):
+        return 0.5 * compressor.count(numel) / numel
+    raise ValueError(
+        f"no nominal contraction constant delta known for {type(compressor).__name__}; pass eta explicitly"
+    )
+
+
+def check_unit_interval(value: object, what: str, *, low_open: bool, low: float = 0.0) -> float:
+    """``value`` as a float in ``[low, 1]`` (or ``(low, 1]`` when ``low_open``); else ``ValueError`` naming ``what``."""
+    interval = f"({low}, 1]" if low_open else f"[{low}, 1]"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a number in {interval}, got {value!r}")
+    if value > 1 or value < low or (low_open and value == low):
+        raise ValueError(f"{what} must be in {interval}, got {value!r}")
+    return float(value)
+
+
+class ErrorFeedback(ABC):
+    """Base class: per-key buffers named by :attr:`buffers`, in ``dtype``.
+
+    Subclasses name their buffers and implement :meth:`_message` and
+    :meth:`_commit` on a complete buffer dict (zeros for a new key).
+    """
+
+    #: Short name used in configs, logs and state dicts.
+    name: str = "feedback"
+    #: Names of the persistent per-key buffers (per-worker and global), all of the tensor's shape.
+    buffers: tuple[str, ...] = ()
+
+    def __init__(self, dtype: torch.dtype = torch.float32) -> None:
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+        self.dtype = dtype
+        self._state: dict[str, dict[str, Tensor]] = {}
+
+    # ----- configuration -------------------------------------------------------------------------------
+    def config(self) -> dict[str, object]:
+        """Plain values that must agree across ranks."""
+        return {"name": self.name}
+
+    def bytes_per_element(self) -> int:
+        """Persistent state bytes per gradient element on one worker (``len(buffers)`` × dtype size).
+
+        In fp32: no feedback 0, EF14 4 (eᵢ), EF21 8 (hᵢ, h), EF21-SGDM 12 (vᵢ, hᵢ, h), EControl 12 (eᵢ, hᵢ, h).
+        """
+        return len(self.buffers) * torch.empty((), dtype=self.dtype).element_size()
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+    # ----- state access --------------------------------------------------------------------------------
+    def keys(self) -> list[str]:
+        """Keys that have state."""
+        return list(self._state)
+
+    def get(self, key: str) -> dict[str, Tensor] | None:
+        """The live buffers of ``key`` (not copies), or None if the key has no state yet."""
+        return self._state.get(key)
+
+    def reset(self, key: str | None = None) -> None:
+        """Forget the state of ``key`` (all keys when None); it restarts from zeros."""
+        if key is None:
+            self._state.clear()
+        else:
+            self._state.pop(key, None)
+
+    def _convert(self, t: Tensor, what: str, shape: torch.Size | None = None) -> Tensor:
+        if not isinstance(t, Tensor) or not t.dtype.is_floating_point:
+            raise ValueError(f"{self.name}: {what} must be a floating-point tensor, got {getattr(t, 'dtype', t)!r}")
+        if shape is not None and t.shape != shape:
+            raise ValueError(f"{self.name}: {what} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+        return t.to(self.dtype)
+
+    def _buffers_for(self, key: str, like: Tensor) -> dict[str, Tensor]:
+        """Existing buffers of ``key`` (shape checked), or fresh zeros that are not stored."""
+        state = self._state.get(key)
+        if state is None:
+            return {b: torch.zeros(like.shape, dtype=self.dtype, device=like.device) for b in self.buffers}
+        first = next(iter(state.values()), None)
+        if first is not None and first.shape != like.shape:
+            raise ValueError(
+                f"{self.name}: key {key!r} has state of shape {tuple(first.shape)}, got a tensor of shape "
+                f"{tuple(like.shape)}"
+            )
+        return state
+
+    # ----- the two phases ------------------------------------------------------------------------------
+    def message(self, key: str, g: Tensor, ctx: TensorContext | None = None) -> Tensor:
+        """The tensor ``u`` this worker compresses for ``key`` (in ``dtype``). Does not change any state.
+
+        ``ctx`` is accepted so runtimes can pass it uniformly; the methods here do not need it.
+        """
+        g = self._convert(g, "g")
+        return self._message(self._buffers_for(key, g), g)
+
+    def commit(self, key: str, g: Tensor, delta_local: Tensor, delta_mean: Tensor) -> Tensor:
+        """Update the state of ``key`` after the exchange; return the tensor the optimizer steps with.
+
+        ``g`` must be the same gradient given to :meth:`message`, ``delta_local``
+        this worker's ``C(u)`` and ``delta_mean`` the mean of all workers' ``C(u)``
+        (identical on every rank). Call only when ``g`` is finite (:func:`is_finite`)
+        and the exchange completed. Returns a new tensor in ``dtype``.
+        """
+        g = self._convert(g, "g")
+        dl = self._convert(delta_local, "delta_local", g.shape)
+        dm = self._convert(delta_mean, "delta_mean", g.shape)
+        state = self._buffers_for(key, g)
+        out = self._commit(state, g, dl, dm)
+        if self.buffers:
+            self._state[key] = state
+        return out
+
+    def warm_start(self, key: str, g_local: Tensor, g_mean: Tensor) -> None:
+        """Dense warm start of ``key`` after one uncompressed exchange (``g_mean`` = mean of the ``g_local``).
+
+        Sets ``hᵢ = g_local``, ``h = g_mean`` (and ``vᵢ = g_local`` for EF21-SGDM),
+        errors to zero. EF14 and no feedback have no estimator: their state is reset to zeros.
+        """
+        g = self._convert(g_local, "g_local")
+        gm = self._convert(g_mean, "g_mean", g.shape)
+        if not self.buffers:
+            return
+        state = {b: torch.zeros(g.shape, dtype=self.dtype, device=g.device) for b in self.buffers}
+        for b in self.buffers:
+            if b in ("h_local", "v"):
+                state[b].copy_(g)
+            elif b == "h":
+                state[b].copy_(gm)
+        self._state[key] = state
+
+    @abstractmethod
+    def _message(self, s: dict[str, Tensor], g: Tensor) -> Tensor: ...
+
+    @abstractmethod
+    def _commit(self, s: dict[str, Tensor], g: Tensor, dl: Tensor, dm: Tensor) -> Tensor: ...
+
+    # ----- checkpointing -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, object]:
+        """``{"name", "config", "state": {key: {buffer: tensor}}}``: tensors and plain values only (clones)."""
+        return {
+            "name": self.name,
+            "config": self.config(),
+            "state": {k: {b: t.detach().clone() for b, t in s.items()} for k, s in self._state.items()},
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, object]) -> None:
+        """Replace all state with ``state_dict`` (from :meth:`state_dict` of the same method)."""
+        if state_dict.get("name") != self.name:
+            raise ValueError(f"{self.name}: state_dict is for {state_dict.get('name')!r}")
+        entries = state_dict.get("state")
+        if not isinstance(entries, Mapping):
+            raise ValueError(f"{self.name}: state_dict['state'] must be a mapping")
+        new: dict[str, dict[str, Tensor]] = {}
+        for key, bufs in entries.items():
+            if not isinstance(bufs, Mapping) or set(bufs) != set(self.buffers):
+                got = sorted(bufs) if isinstance(bufs, Mapping) else bufs
+                raise ValueError(f"{self.name}: key {key!r} needs buffers {sorted(self.buffers)}, got {got}")
+            shapes = {tuple(t.shape) for t in bufs.values() if isinstance(t, Tensor)}
+            if (self.buffers and len(shapes) != 1) or not all(isinstance(t, Tensor) for t in bufs.values()):
+                raise ValueError(f"{self.name}: key {key!r} needs tensors of one shape, got {bufs!r}")
+            new[str(key)] = {b: self._convert(bufs[b], f"{key}.{b}").clone() for b in self.buffers}
+        self._state = new
