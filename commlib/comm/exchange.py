@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ..compress.base import Compressor, TensorContext
+from ..feedback.base import ErrorFeedback, require_local_compressor
 from .collectives import AllReduce, Protocol, Round, as_round
 from .merge import fuse_round, merge, split_round
 
@@ -103,9 +104,15 @@ def _resume(protocol: Protocol, answer: object) -> Protocol:
 class GradientExchange:
     """Per-rank engine: decides dense vs compressed per tensor and builds each bucket's protocol."""
 
-    def __init__(self, compressor: Compressor, rank: int, world_size: int, config: ExchangeConfig | None = None):
+    def __init__(self, compressor: Compressor, rank: int, world_size: int, config: ExchangeConfig | None = None,
+                 feedback: ErrorFeedback | None = None):
         if not isinstance(compressor, Compressor):
             raise TypeError(f"compressor must be a commlib Compressor, got {type(compressor).__name__}")
+        if feedback is not None:
+            if not isinstance(feedback, ErrorFeedback):
+                raise TypeError(f"feedback must be a commlib ErrorFeedback, got {type(feedback).__name__}")
+            require_local_compressor(compressor)
+        self.feedback = feedback
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"invalid rank {rank} for world size {world_size}")
         self.compressor = compressor
@@ -189,8 +196,19 @@ class GradientExchange:
 
     def _start(self, name: str, x: Tensor, step: int) -> tuple[Protocol, Round]:
         """Create tensor ``name``'s compressed protocol and run it to its first request."""
-        gen = self.compressor.exchange(x, self._context(name, step))
+        ctx = self._context(name, step)
+        gen = self.compressor.exchange(x, ctx) if self.feedback is None else self._with_feedback(name, x, ctx)
         return gen, next(gen)
+
+    def _with_feedback(self, name: str, g: Tensor, ctx: TensorContext) -> Protocol[Tensor]:
+        """Error feedback around the exchange: compress ``message(g)``, then ``commit`` once the mean is known.
+
+        The commit is the protocol's last act, so an abandoned exchange (a
+        non-finite gradient somewhere) leaves the feedback state untouched.
+        """
+        message = self.feedback.message(name, g, ctx)
+        mean, local = yield from self.compressor.exchange_local(message, ctx)
+        return self.feedback.commit(name, g, local, mean)
 
     def _count(self, report: BucketReport, numel: int, gathered: bool) -> None:
         """Add an fp32 payload of ``numel`` elements to the bytes sent and received."""
@@ -221,7 +239,14 @@ class GradientExchange:
         return out
 
     def state_dict(self) -> dict[str, object]:
-        return {"compressor": self.compressor.state_dict()}
+        state: dict[str, object] = {"compressor": self.compressor.state_dict()}
+        if self.feedback is not None:
+            state["feedback"] = self.feedback.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, object]) -> None:
+        if ("feedback" in state) != (self.feedback is not None):
+            raise ValueError("checkpoint and exchange disagree on whether error feedback is used")
         self.compressor.load_state_dict(state.get("compressor", {}))
+        if self.feedback is not None:
+            self.feedback.load_state_dict(state["feedback"])

@@ -99,6 +99,15 @@ class Compressor(ABC):
     def exchange(self, x: Tensor, ctx: TensorContext) -> Protocol[Tensor]:
         """Protocol whose result estimates the mean of ``x`` over ranks (float32, ``x``'s shape)."""
 
+    def exchange_local(self, x: Tensor, ctx: TensorContext) -> Protocol[tuple[Tensor, Tensor]]:
+        """Like :meth:`exchange`, but also returns this rank's own ``C(x)``: ``(mean, local)``.
+
+        Error feedback needs both. Single-round compressors decode their own
+        payload; methods without a local operator (PowerSGD) raise ``ValueError``.
+        """
+        raise ValueError(f"{type(self).__name__} has no local compression operator C(x); error feedback needs one")
+        yield  # pragma: no cover - makes this a generator
+
     def state_dict(self) -> dict[str, object]:
         """Tensors and plain values only (loadable with ``torch.load(weights_only=True)``)."""
         return {}
@@ -126,13 +135,24 @@ class GatherCompressor(Compressor):
     def wire_bytes(self, shape: torch.Size) -> WireBytes:
         return WireBytes(values=self.payload_bytes(shape))
 
-    def exchange(self, x: Tensor, ctx: TensorContext) -> Protocol[Tensor]:
+    def _gather(self, x: Tensor, ctx: TensorContext) -> Protocol[Tensor]:
+        """Encode ``x`` and all-gather the payloads: returns every rank's payload, one row each."""
         payload = self.encode(x, ctx)
         expected = self.payload_bytes(x.shape)
         if payload.dtype != torch.uint8 or payload.numel() != expected:
             raise AssertionError(f"{self.name} produced a {payload.numel()}-byte payload, expected {expected}")
-        parts = yield AllGather(payload)
+        return (yield AllGather(payload))
+
+    def exchange(self, x: Tensor, ctx: TensorContext) -> Protocol[Tensor]:
+        parts = yield from self._gather(x, ctx)
         return self.decode_all(parts, x.shape, ctx)
+
+    def exchange_local(self, x: Tensor, ctx: TensorContext) -> Protocol[tuple[Tensor, Tensor]]:
+        parts = yield from self._gather(x, ctx)
+        mean = self.decode_all(parts, x.shape, ctx)
+        local = torch.zeros(x.numel(), dtype=torch.float32, device=parts.device)
+        self.decode_add(parts[ctx.rank], local, ctx)  # this rank's own payload, as the others decoded it
+        return mean, local.view(x.shape)
 
     def compress(self, x: Tensor, ctx: TensorContext) -> Tensor:
         """This rank's dense ``C(x)`` (float32, ``x``'s shape), bit-identical to its share of the exchange."""
@@ -223,14 +243,23 @@ class LinearCompressor(Compressor):
     def decode(self, total: Tensor, shape: torch.Size, ctx: TensorContext) -> Tensor:
         """The summed payload → estimate of the sum of the inputs (float32, ``shape``)."""
 
-    def exchange(self, x: Tensor, ctx: TensorContext) -> Protocol[Tensor]:
-        payload = self.encode(x, ctx)
-        shape = payload.shape
+    def _reduce(self, payload: Tensor, shape: torch.Size, ctx: TensorContext) -> Protocol[Tensor]:
+        """Ordered all-reduce of ``payload``; validate and decode the sum into the mean (``shape``)."""
+        size = payload.shape
         total = yield AllReduce(payload)
-        if total.shape != shape:
-            raise WireFormatError(f"{self.name}: expected a sum of shape {tuple(shape)}, got {tuple(total.shape)}")
+        if total.shape != size:
+            raise WireFormatError(f"{self.name}: expected a sum of shape {tuple(size)}, got {tuple(total.shape)}")
         check_finite(total, self.name)
-        return self.decode(total, x.shape, ctx).div_(ctx.world_size)
+        return self.decode(total, shape, ctx).div_(ctx.world_size)
+
+    def exchange(self, x: Tensor, ctx: TensorContext) -> Protocol[Tensor]:
+        return (yield from self._reduce(self.encode(x, ctx), x.shape, ctx))
+
+    def exchange_local(self, x: Tensor, ctx: TensorContext) -> Protocol[tuple[Tensor, Tensor]]:
+        payload = self.encode(x, ctx)
+        local = self.decode(payload, x.shape, ctx)  # before the payload is handed over
+        mean = yield from self._reduce(payload, x.shape, ctx)
+        return mean, local
 
 
 def check_density(density: object, owner: str) -> None:

@@ -13,6 +13,7 @@ from ..comm.stats import CommStats
 from ..comm.torch_driver import OrderedIssuer
 from ..compress.base import Compressor
 from ..compress.dense import Identity
+from ..feedback.base import ErrorFeedback
 
 __all__ = ["CommState"]
 
@@ -26,6 +27,9 @@ class CommState:
         model: the model (or the ``DistributedDataParallel`` wrapping it); its
             parameter names key all per-tensor state and randomness.
         compressor: a :class:`~commlib.compress.Compressor` (default: Identity).
+        feedback: optional error feedback (:mod:`commlib.feedback`: EF14, EF21,
+            EF21SGDM, EControl) around every compressed tensor; its state is per
+            parameter name, in fp32, and part of ``state_dict()``.
         process_group: defaults to the world group.
         seed: the shared seed of all random choices.
         start_step: steps sent dense before compression starts (at least 1, as
@@ -46,6 +50,7 @@ class CommState:
         self,
         model: nn.Module,
         compressor: Compressor | None = None,
+        feedback: ErrorFeedback | None = None,
         *,
         process_group: dist.ProcessGroup | None = None,
         seed: int = 0,
@@ -72,6 +77,7 @@ class CommState:
             self.world_size,
             ExchangeConfig(seed=seed, start_step=start_step, min_compression_rate=min_compression_rate,
                            min_numel=min_numel),
+            feedback,
         )
         self.issuer = OrderedIssuer(process_group)
         self.stats = CommStats(log_every)
@@ -87,6 +93,7 @@ class CommState:
         cfg = self.exchange.config
         return {
             "compressor": self.compressor.config(),
+            "feedback": self.exchange.feedback.config() if self.exchange.feedback is not None else None,
             "seed": cfg.seed,
             "start_step": cfg.start_step,
             "min_compression_rate": cfg.min_compression_rate,

@@ -21,6 +21,7 @@ from ..comm.local import run_lockstep
 from ..comm.stats import CommStats
 from ..compress.base import Compressor
 from ..errors import ProtocolMismatchError
+from ..feedback.base import ErrorFeedback
 
 __all__ = ["Simulator"]
 
@@ -33,6 +34,7 @@ class Simulator:
         compressor: Compressor,
         n_workers: int,
         *,
+        feedback: ErrorFeedback | None = None,
         seed: int = 0,
         start_step: int = 2,
         min_compression_rate: float = 2.0,
@@ -42,7 +44,10 @@ class Simulator:
             raise ValueError(f"n_workers must be >= 1, got {n_workers}")
         config = ExchangeConfig(seed=seed, start_step=start_step, min_compression_rate=min_compression_rate,
                                 min_numel=min_numel)
-        self.workers = [GradientExchange(copy.deepcopy(compressor), r, n_workers, config) for r in range(n_workers)]
+        self.workers = [
+            GradientExchange(copy.deepcopy(compressor), r, n_workers, config, copy.deepcopy(feedback))
+            for r in range(n_workers)
+        ]
         self.n_workers = n_workers
         self.step = 0
         self.stats = CommStats()

@@ -110,3 +110,59 @@ def test_casts_write_their_input_only_when_handed_over(inplace: bool) -> None:
     for (means, _), buf, old in zip(results, buffers, before):
         torch.testing.assert_close(means[1], torch.arange(6, 10, dtype=torch.float32) + 0.5)
         assert torch.equal(buf, old) != inplace  # reduced in place exactly when handed over
+
+
+def test_error_feedback_through_the_exchange_matches_the_math_layer() -> None:
+    """EControl around TopK in the exchange equals message → local C → rank-order mean → commit by hand."""
+    import copy
+
+    from commlib.compress.base import TensorContext
+    from commlib.feedback import EControl
+
+    n, steps = 3, 4
+    fb, comp = EControl(eta=0.1), TopK(density=0.1)
+    config = ExchangeConfig(start_step=0)
+    workers = [GradientExchange(comp, r, n, config, copy.deepcopy(fb)) for r in range(n)]
+    by_hand = [copy.deepcopy(fb) for _ in range(n)]
+    for step in range(steps):
+        grads = [[("w", torch.randn(32, 32, generator=torch.Generator().manual_seed(10 * step + r)))] for r in range(n)]
+        results = run_lockstep([w.protocol(g, step) for w, g in zip(workers, grads)])
+        ctxs = [TensorContext("w", step, 0, r, n) for r in range(n)]
+        locals_ = [comp.compress(f.message("w", g[0][1], c), c) for f, g, c in zip(by_hand, grads, ctxs)]
+        mean = locals_[0].clone()
+        for d in locals_[1:]:
+            mean += d
+        mean /= n
+        expected = [f.commit("w", g[0][1], d, mean) for f, g, d in zip(by_hand, grads, locals_)]
+        for (means, _), want in zip(results, expected):
+            torch.testing.assert_close(means[0], want, rtol=0, atol=1e-6)
+    assert workers[0].feedback.keys() == ["w"]
+
+
+def test_non_finite_step_leaves_feedback_state_untouched() -> None:
+    import copy
+
+    from commlib.feedback import EF21
+
+    n = 2
+    workers = [GradientExchange(TopK(density=0.1), r, n, ExchangeConfig(start_step=0), EF21()) for r in range(n)]
+    grads = _grads(n)
+    run_lockstep([w.protocol(g, 0) for w, g in zip(workers, grads)])
+    before = [copy.deepcopy(w.feedback.state_dict()) for w in workers]
+    bad = _grads(n, seed=1)
+    bad[0][0] = ("w", torch.full((32, 32), float("nan")))
+    (means, report), _ = run_lockstep([w.protocol(g, 1) for w, g in zip(workers, bad)])
+    assert report.non_finite and bool(means[0].isnan().all())
+    for w, old in zip(workers, before):
+        new = w.feedback.state_dict()
+        assert all(torch.equal(old["state"][k][b], new["state"][k][b]) for k in old["state"] for b in old["state"][k])
+
+
+def test_feedback_needs_a_local_compressor() -> None:
+    from commlib.compress import PowerSGD
+    from commlib.feedback import EF14
+
+    with pytest.raises(ValueError, match="PowerSGD"):
+        GradientExchange(PowerSGD(rank=2), 0, 2, feedback=EF14())
+    with pytest.raises(TypeError, match="ErrorFeedback"):
+        GradientExchange(TopK(density=0.1), 0, 2, feedback="ef14")  # type: ignore[arg-type]
