@@ -63,9 +63,10 @@ def train_many(rank: int, world: int, runs: dict) -> dict:
     return {name: train(rank, world, compressor, **options) for name, (compressor, options) in runs.items()}
 
 
-def checkpoint_phase(rank: int, world: int, compressor, total: int, save_at: int | None, blob: bytes | None) -> dict:
+def checkpoint_phase(rank: int, world: int, compressor, total: int, save_at: int | None, blob: bytes | None,
+                     feedback=None) -> dict:
     """Uninterrupted (save_at=None, blob=None), first half (save_at set) or resumed (blob set)."""
-    model, wrapped, state = wrap(compressor, bucket_cap_mb=0.05, hidden=256)
+    model, wrapped, state = wrap(compressor, bucket_cap_mb=0.05, hidden=256, feedback=feedback)
     cfg = TrainConfig(steps=total)
     opt = make_optimizer(model, cfg)
     data = load_digits()

@@ -16,6 +16,7 @@ from ddp_workers import (
 from dist_utils import run_workers
 
 from commlib.compress import QSGD, Identity, PowerSGD, RandK, TopK
+from commlib.feedback import EControl
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -71,12 +72,13 @@ def test_powersgd_many_small_buckets_on_gloo() -> None:
         assert all(torch.equal(a, b) for a, b in zip(results[0]["powersgd"]["params"], other["powersgd"]["params"]))
 
 
-def test_checkpoint_resume_is_exact() -> None:
-    compressor = PowerSGD(rank=2)
-    whole = run_workers(checkpoint_phase, 4, compressor, 40, None, None)
-    first = run_workers(checkpoint_phase, 4, compressor, 40, 20, None)
+@pytest.mark.parametrize("compressor, feedback", [(PowerSGD(rank=2), None), (TopK(density=0.05), EControl(eta=0.025))],
+                         ids=["powersgd", "topk+econtrol"])
+def test_checkpoint_resume_is_exact(compressor, feedback) -> None:
+    whole = run_workers(checkpoint_phase, 4, compressor, 40, None, None, feedback)
+    first = run_workers(checkpoint_phase, 4, compressor, 40, 20, None, feedback)
     blobs = [r["blob"] for r in first]
-    resumed = run_workers(checkpoint_phase, 4, compressor, 40, None, blobs)
+    resumed = run_workers(checkpoint_phase, 4, compressor, 40, None, blobs, feedback)
     for a, b in zip(whole[0]["params"], resumed[0]["params"]):
         assert torch.equal(a, b)
     assert not all(torch.equal(a, b) for a, b in zip(first[0]["params"], whole[0]["params"]))

@@ -51,6 +51,22 @@ def test_loading_another_config_is_refused(group) -> None:
         ddp.CommState(mlp(), compressor=TopK(density=0.1)).load_state_dict({"weights": 1})
 
 
+def test_feedback_checkpoints_round_trip_and_must_match(group) -> None:
+    from commlib.feedback import EF21
+
+    state = ddp.CommState(mlp(), compressor=TopK(density=0.1), feedback=EF21())
+    state.exchange.feedback.commit("0.weight", torch.ones(128, 64), torch.ones(128, 64), torch.ones(128, 64))
+    buf = io.BytesIO()
+    torch.save(state.state_dict(), buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    fresh = ddp.CommState(mlp(), compressor=TopK(density=0.1), feedback=EF21())
+    fresh.load_state_dict(saved)
+    assert torch.equal(fresh.exchange.feedback.get("0.weight")["h"], torch.ones(128, 64))
+    with pytest.raises(ValueError, match="config"):
+        ddp.CommState(mlp(), compressor=TopK(density=0.1)).load_state_dict(saved)
+
+
 def test_bad_arguments(group) -> None:
     with pytest.raises(ValueError, match="start_step"):
         ddp.CommState(mlp(), compressor=TopK(density=0.1), start_step=0)

@@ -7,11 +7,18 @@ import torch
 from dist_utils import run_workers
 
 from commlib.compress import QSGD, PowerSGD, TopK
+from commlib.feedback import EControl
 from commlib.sim import Simulator
 from commlib.train import TrainConfig, load_digits, make_optimizer, mlp, train_ddp, train_simulated
 
 STEPS = 25
-COMPRESSORS = {"topk": TopK(density=0.1), "qsgd": QSGD(bits=4), "powersgd": PowerSGD(rank=4)}
+# name -> (compressor, error feedback)
+COMPRESSORS = {
+    "topk": (TopK(density=0.1), None),
+    "qsgd": (QSGD(bits=4), None),
+    "powersgd": (PowerSGD(rank=4), None),
+    "topk+econtrol": (TopK(density=0.05), EControl(eta=0.025)),
+}
 
 
 def _ddp_runs(rank: int, world: int) -> dict:
@@ -20,10 +27,10 @@ def _ddp_runs(rank: int, world: int) -> dict:
     from commlib import ddp
 
     out = {}
-    for name, compressor in COMPRESSORS.items():
+    for name, (compressor, feedback) in COMPRESSORS.items():
         model = mlp(hidden=256)
         wrapped = DDP(model, bucket_cap_mb=0.05)
-        state = ddp.CommState(wrapped, compressor=compressor)
+        state = ddp.CommState(wrapped, compressor=compressor, feedback=feedback)
         wrapped.register_comm_hook(state, ddp.hook)
         cfg = TrainConfig(steps=STEPS)
         train_ddp(wrapped, make_optimizer(model, cfg), load_digits(), cfg, rank, world)
@@ -44,7 +51,9 @@ def test_simulator_matches_ddp_bitwise(name: str, ddp_params: dict) -> None:
     try:
         model = mlp(hidden=256)
         cfg = TrainConfig(steps=STEPS)
-        train_simulated(model, make_optimizer(model, cfg), load_digits(), cfg, Simulator(COMPRESSORS[name], 4))
+        compressor, feedback = COMPRESSORS[name]
+        sim = Simulator(compressor, 4, feedback=feedback)
+        train_simulated(model, make_optimizer(model, cfg), load_digits(), cfg, sim)
     finally:
         torch.set_num_threads(threads)
     for ours, theirs in zip(model.parameters(), ddp_params[name]):
