@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CommlibError", "ConfigMismatchError", "ProtocolMismatchError", "WireFormatError"]
+__all__ = ["CommlibError", "ConfigMismatchError", "ProtocolMismatchError", "StateDivergenceError", "WireFormatError"]
 
 
 class CommlibError(RuntimeError):
@@ -15,6 +15,10 @@ class ConfigMismatchError(CommlibError):
 
 class ProtocolMismatchError(CommlibError):
     """Workers issued collectives that do not match (kind, dtype or shape)."""
+
+
+class StateDivergenceError(CommlibError):
+    """State that must be identical on every rank (e.g. error feedback's global estimate h) differs."""
 
 
 class WireFormatError(CommlibError, ValueError):

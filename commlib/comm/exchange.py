@@ -21,6 +21,7 @@ their own native all-reduce, with no flag and no warm-up.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,8 +29,9 @@ import torch
 from torch import Tensor
 
 from ..compress.base import Compressor, TensorContext
+from ..errors import StateDivergenceError
 from ..feedback.base import ErrorFeedback, require_local_compressor
-from .collectives import AllReduce, Protocol, Round, as_round
+from .collectives import AllGather, AllReduce, Protocol, Round, as_round
 from .merge import fuse_round, merge, split_round
 
 __all__ = ["ExchangeConfig", "BucketReport", "GradientExchange", "adjacent_view"]
@@ -37,16 +39,26 @@ __all__ = ["ExchangeConfig", "BucketReport", "GradientExchange", "adjacent_view"
 
 @dataclass(frozen=True)
 class ExchangeConfig:
-    """When to compress. ``start_step`` dense steps first (DDP rebuilds its buckets after step 0)."""
+    """When to compress. ``start_step`` dense steps first (DDP rebuilds its buckets after step 0).
+
+    With error feedback, ``feedback_warm_start`` initialises ``hᵢ = gᵢ``, ``h = mean g``
+    from the last dense step, and ``check_every = N > 0`` compares a SHA-256 digest
+    of every global estimate ``h`` across ranks every N steps (one small all-gather)
+    and raises ``StateDivergenceError`` if any rank differs.
+    """
 
     seed: int = 0
     start_step: int = 2
     min_compression_rate: float = 2.0
     min_numel: int = 256
+    feedback_warm_start: bool = False
+    check_every: int = 0
 
     def __post_init__(self) -> None:
         if self.start_step < 0:
             raise ValueError(f"start_step must be >= 0, got {self.start_step}")
+        if self.check_every < 0:
+            raise ValueError(f"check_every must be >= 0, got {self.check_every}")
         if self.min_compression_rate < 0:
             raise ValueError(f"min_compression_rate must be >= 0, got {self.min_compression_rate}")
 
@@ -88,6 +100,12 @@ def adjacent_view(xs: Sequence[Tensor]) -> Tensor | None:
             return None
         end += x.numel() * x.element_size()
     return first.as_strided((sum(x.numel() for x in xs),), (1,))
+
+
+def _digest(t: Tensor) -> int:
+    """A signed 64-bit SHA-256 digest of ``t``'s bytes (on the host)."""
+    data = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "little", signed=True)
 
 
 def _resume(protocol: Protocol, answer: object) -> Protocol:
@@ -180,6 +198,10 @@ class GradientExchange:
         out: list[Tensor] = [torch.empty(0)] * len(xs)
         for i, mean in zip(dense, self._split(total_dense[:-1].div(self.world_size), [xs[i] for i in dense])):
             out[i] = mean
+        if self.feedback is not None and self.config.feedback_warm_start and step == self.config.start_step - 1:
+            for i in dense:
+                if self.compresses(named[i][0], xs[i].shape):
+                    self.feedback.warm_start(named[i][0], xs[i], out[i])
         resumed, cursor = [], 1
         for gen, first in started:
             size = len(as_round(first))
@@ -192,7 +214,24 @@ class GradientExchange:
             sent = self.compressor.wire_bytes(xs[i].shape).total
             report.sent += sent
             report.received += _received(sent, self.world_size, gathered=True)  # ordered reduces are gathers too
+        if compressed and self._check_due(step):
+            yield from self._check_consistent([named[i][0] for i in compressed], step)
         return out, report
+
+    def _check_due(self, step: int) -> bool:
+        every = self.config.check_every
+        return self.feedback is not None and "h" in self.feedback.buffers and every > 0 and step % every == 0
+
+    def _check_consistent(self, names: list[str], step: int) -> Protocol[None]:
+        """All-gather a digest of each tensor's global estimate ``h``; raise if any rank holds other bits."""
+        digests = torch.tensor([_digest(self.feedback.get(name)["h"]) for name in names], dtype=torch.int64)
+        everyone = yield AllGather(digests)
+        differ = [r for r in range(everyone.shape[0]) if not torch.equal(everyone[r], everyone[0])]
+        if differ:
+            raise StateDivergenceError(
+                f"error-feedback state diverged at step {step}: ranks {differ} hold another h than rank 0 "
+                f"for some of {names} (this is rank {self.rank})"
+            )
 
     def _start(self, name: str, x: Tensor, step: int) -> tuple[Protocol, Round]:
         """Create tensor ``name``'s compressed protocol and run it to its first request."""

@@ -39,6 +39,9 @@ class CommState:
         verify_config: exchange a config fingerprint at the first step and raise
             ``ConfigMismatchError`` on every rank if the ranks disagree.
         log_every: log ``stats.summary()`` every so many steps (0: never).
+        feedback_warm_start: with feedback, start ``hᵢ = gᵢ``, ``h = mean g`` from the last dense step.
+        check_every: with feedback, compare a digest of ``h`` across ranks every so many steps
+            (0: never) and raise ``StateDivergenceError`` on a difference.
 
     Example::
 
@@ -59,6 +62,8 @@ class CommState:
         min_numel: int = 256,
         verify_config: bool = True,
         log_every: int = 0,
+        feedback_warm_start: bool = False,
+        check_every: int = 0,
     ) -> None:
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError("CommState needs an initialised torch.distributed process group")
@@ -76,7 +81,7 @@ class CommState:
             self.rank,
             self.world_size,
             ExchangeConfig(seed=seed, start_step=start_step, min_compression_rate=min_compression_rate,
-                           min_numel=min_numel),
+                           min_numel=min_numel, feedback_warm_start=feedback_warm_start, check_every=check_every),
             feedback,
         )
         self.issuer = OrderedIssuer(process_group)
@@ -98,6 +103,8 @@ class CommState:
             "start_step": cfg.start_step,
             "min_compression_rate": cfg.min_compression_rate,
             "min_numel": cfg.min_numel,
+            "feedback_warm_start": cfg.feedback_warm_start,
+            "check_every": cfg.check_every,
             "world_size": self.world_size,
         }
 

@@ -39,11 +39,13 @@ class Simulator:
         start_step: int = 2,
         min_compression_rate: float = 2.0,
         min_numel: int = 256,
+        feedback_warm_start: bool = False,
+        check_every: int = 0,
     ) -> None:
         if n_workers < 1:
             raise ValueError(f"n_workers must be >= 1, got {n_workers}")
         config = ExchangeConfig(seed=seed, start_step=start_step, min_compression_rate=min_compression_rate,
-                                min_numel=min_numel)
+                                min_numel=min_numel, feedback_warm_start=feedback_warm_start, check_every=check_every)
         self.workers = [
             GradientExchange(copy.deepcopy(compressor), r, n_workers, config, copy.deepcopy(feedback))
             for r in range(n_workers)

@@ -87,6 +87,8 @@ def test_bad_arguments() -> None:
         GradientExchange(TopK(density=0.1), 2, 2)
     with pytest.raises(ValueError, match="start_step"):
         ExchangeConfig(start_step=-1)
+    with pytest.raises(ValueError, match="check_every"):
+        ExchangeConfig(check_every=-1)
 
 
 def test_bucket_views_are_exchanged_without_a_copy() -> None:
@@ -166,3 +168,35 @@ def test_feedback_needs_a_local_compressor() -> None:
         GradientExchange(PowerSGD(rank=2), 0, 2, feedback=EF14())
     with pytest.raises(TypeError, match="ErrorFeedback"):
         GradientExchange(TopK(density=0.1), 0, 2, feedback="ef14")  # type: ignore[arg-type]
+
+
+def test_feedback_warm_start_on_the_last_dense_step() -> None:
+    from commlib.feedback import EControl
+
+    n = 2
+    config = ExchangeConfig(start_step=2, feedback_warm_start=True)
+    workers = [GradientExchange(TopK(density=0.1), r, n, config, EControl(eta=0.1)) for r in range(n)]
+    grads = _grads(n)
+    run_lockstep([w.protocol(g, 0) for w, g in zip(workers, grads)])
+    assert workers[0].feedback.keys() == []  # step 0 is not the last dense step
+    results = run_lockstep([w.protocol(g, 1) for w, g in zip(workers, grads)])
+    mean = results[0][0][0]
+    for r, w in enumerate(workers):
+        assert w.feedback.keys() == ["w"]  # only the tensor that will be compressed
+        assert torch.equal(w.feedback.get("w")["h"], mean)
+        assert torch.equal(w.feedback.get("w")["h_local"], grads[r][0][1])
+
+
+def test_consistency_check_catches_diverged_feedback_state() -> None:
+    from commlib.errors import StateDivergenceError
+    from commlib.feedback import EF21
+
+    n = 2
+    config = ExchangeConfig(start_step=0, check_every=2)
+    workers = [GradientExchange(TopK(density=0.1), r, n, config, EF21()) for r in range(n)]
+    for step in range(3):  # steps 0 and 2 are checked and pass
+        run_lockstep([w.protocol(g, step) for w, g in zip(workers, _grads(n, seed=step))])
+    workers[1].feedback.get("w")["h"][0, 0] += 1e-6
+    run_lockstep([w.protocol(g, 3) for w, g in zip(workers, _grads(n, seed=3))])  # step 3: not checked
+    with pytest.raises(StateDivergenceError, match="ranks \\[1\\]"):
+        run_lockstep([w.protocol(g, 4) for w, g in zip(workers, _grads(n, seed=4))])

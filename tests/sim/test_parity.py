@@ -12,6 +12,7 @@ from commlib.sim import Simulator
 from commlib.train import TrainConfig, load_digits, make_optimizer, mlp, train_ddp, train_simulated
 
 STEPS = 25
+FEEDBACK_OPTIONS = {"feedback_warm_start": True, "check_every": 5}  # no effect without feedback
 # name -> (compressor, error feedback)
 COMPRESSORS = {
     "topk": (TopK(density=0.1), None),
@@ -30,7 +31,7 @@ def _ddp_runs(rank: int, world: int) -> dict:
     for name, (compressor, feedback) in COMPRESSORS.items():
         model = mlp(hidden=256)
         wrapped = DDP(model, bucket_cap_mb=0.05)
-        state = ddp.CommState(wrapped, compressor=compressor, feedback=feedback)
+        state = ddp.CommState(wrapped, compressor=compressor, feedback=feedback, **FEEDBACK_OPTIONS)
         wrapped.register_comm_hook(state, ddp.hook)
         cfg = TrainConfig(steps=STEPS)
         train_ddp(wrapped, make_optimizer(model, cfg), load_digits(), cfg, rank, world)
@@ -52,7 +53,7 @@ def test_simulator_matches_ddp_bitwise(name: str, ddp_params: dict) -> None:
         model = mlp(hidden=256)
         cfg = TrainConfig(steps=STEPS)
         compressor, feedback = COMPRESSORS[name]
-        sim = Simulator(compressor, 4, feedback=feedback)
+        sim = Simulator(compressor, 4, feedback=feedback, **FEEDBACK_OPTIONS)
         train_simulated(model, make_optimizer(model, cfg), load_digits(), cfg, sim)
     finally:
         torch.set_num_threads(threads)
