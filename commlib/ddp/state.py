@@ -108,6 +108,11 @@ class CommState:
             "world_size": self.world_size,
         }
 
+    def memory_bytes(self) -> dict[str, int]:
+        """State this rank holds for communication: error-feedback buffers (bytes), by kind."""
+        feedback = self.exchange.feedback
+        return {"feedback": feedback.state_bytes() if feedback is not None else 0}
+
     def name_of(self, param: torch.Tensor) -> str:
         try:
             return self.names[id(param)]

@@ -132,6 +132,10 @@ class ErrorFeedback(ABC):
         """
         return len(self.buffers) * torch.empty((), dtype=self.dtype).element_size()
 
+    def state_bytes(self) -> int:
+        """Bytes held now by all keys' buffers on this worker (the measured counterpart of ``bytes_per_element``)."""
+        return sum(t.numel() * t.element_size() for state in self._state.values() for t in state.values())
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
         return f"{type(self).__name__}({args})"

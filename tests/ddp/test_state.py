@@ -63,6 +63,7 @@ def test_feedback_checkpoints_round_trip_and_must_match(group) -> None:
     fresh = ddp.CommState(mlp(), compressor=TopK(density=0.1), feedback=EF21())
     fresh.load_state_dict(saved)
     assert torch.equal(fresh.exchange.feedback.get("0.weight")["h"], torch.ones(128, 64))
+    assert fresh.memory_bytes() == {"feedback": 8 * 128 * 64}  # EF21: hᵢ and h in fp32
     with pytest.raises(ValueError, match="config"):
         ddp.CommState(mlp(), compressor=TopK(density=0.1)).load_state_dict(saved)
 

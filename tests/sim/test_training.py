@@ -19,5 +19,7 @@ def test_error_feedback_trains_digits(compressor, feedback) -> None:
     result = train_simulated(model, make_optimizer(model, cfg), load_digits(), cfg, sim)
     assert result.accuracy >= 0.90, result.accuracy
     assert sim.stats.as_dict()["per_step"]["ratio_vs_fp32"] > 3
-    state = sim.workers[0].feedback.state_dict()["state"]
-    assert set(state) == {"0.weight", "2.weight", "4.weight"}  # only compressed (2-D) tensors carry feedback
+    fb = sim.workers[0].feedback
+    assert set(fb.keys()) == {"0.weight", "2.weight", "4.weight"}  # only compressed (2-D) tensors carry feedback
+    compressed = sum(p.numel() for name, p in model.named_parameters() if name in fb.keys())
+    assert fb.state_bytes() == fb.bytes_per_element() * compressed
