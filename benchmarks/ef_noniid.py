@@ -44,7 +44,7 @@ from commlib.feedback import EF14, EF21, EF21SGDM, EControl, NoFeedback, default
 from commlib.rng import generator
 from commlib.sim import Simulator
 from commlib.train.data import Dataset, dirichlet_split, load_digits
-from commlib.train.loop import evaluate
+from commlib.train.loop import evaluate, simulated_step
 from commlib.train.models import mlp
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -61,24 +61,15 @@ def run_method(name: str, compressor, feedback, data: Dataset, shards: list[torc
     model = mlp(data.features, data.classes, seed=args.seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
     sim = Simulator(compressor, n, feedback=feedback, seed=args.seed, start_step=2)
-    params = list(model.named_parameters())
     step_losses: list[float] = []
     curve: list[dict[str, float]] = []
     t0 = time.perf_counter()
     for step in range(args.steps):
-        per_worker, worker_losses = [], []
+        batches = []
         for r, shard in enumerate(shards):
             gen = generator(args.seed, step, f"noniid/batch/{r}")
-            pick = torch.randint(shard.numel(), (args.batch,), generator=gen)
-            mine = shard[pick]
-            model.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(data.x_train[mine]), data.y_train[mine])
-            loss.backward()
-            per_worker.append([(pname, p.grad.detach().clone()) for pname, p in params])
-            worker_losses.append(loss.item())
-        for (_, p), mean in zip(params, sim.exchange(per_worker)):
-            p.grad = mean.to(p.dtype).view_as(p)
-        optimizer.step()
+            batches.append(shard[torch.randint(shard.numel(), (args.batch,), generator=gen)])
+        worker_losses = simulated_step(model, optimizer, data, sim, batches)
         step_losses.append(sum(worker_losses) / n)
         if (step + 1) % 10 == 0:
             sent = sim.stats.as_dict()["total"]["sent_bytes"]

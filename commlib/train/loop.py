@@ -22,7 +22,8 @@ from torch import nn
 from ..sim import Simulator
 from .data import Dataset, global_batches, worker_batch
 
-__all__ = ["TrainConfig", "TrainResult", "evaluate", "make_optimizer", "train_ddp", "train_simulated"]
+__all__ = ["TrainConfig", "TrainResult", "evaluate", "make_optimizer", "simulated_step", "train_ddp",
+           "train_simulated"]
 
 
 @dataclass(frozen=True)
@@ -86,26 +87,35 @@ def train_ddp(model: nn.Module, optimizer: torch.optim.Optimizer, data: Dataset,
     return TrainResult(evaluate(inner, data), losses[-1] if losses else float("nan"), time.perf_counter() - t0, losses)
 
 
+def simulated_step(model: nn.Module, optimizer: torch.optim.Optimizer, data: Dataset, sim: Simulator,
+                   batches: list[torch.Tensor]) -> list[float]:
+    """One step with virtual workers: worker r's gradient on ``batches[r]``, averaged by ``sim``, then the optimizer.
+
+    Returns the workers' losses.
+    """
+    params = list(model.named_parameters())
+    per_worker, losses = [], []
+    for mine in batches:
+        model.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(data.x_train[mine]), data.y_train[mine])
+        loss.backward()
+        per_worker.append([(name, p.grad.detach().clone()) for name, p in params])
+        losses.append(loss.item())
+    for (_, p), mean in zip(params, sim.exchange(per_worker)):
+        p.grad = mean.to(p.dtype).view_as(p)
+    optimizer.step()
+    return losses
+
+
 def train_simulated(model: nn.Module, optimizer: torch.optim.Optimizer, data: Dataset, cfg: TrainConfig,
                     sim: Simulator, start: int = 0, stop: int | None = None) -> TrainResult:
     """Train ``model`` with ``sim.n_workers`` virtual workers averaging through ``sim``."""
     n = sim.n_workers
-    params = list(model.named_parameters())
     losses = []
     t0 = time.perf_counter()
     for step, batch in _batches(data, cfg, n, start):
         if stop is not None and step >= stop:
             break
-        per_worker, worker_losses = [], []
-        for r in range(n):
-            mine = worker_batch(batch, r, n)
-            model.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(data.x_train[mine]), data.y_train[mine])
-            loss.backward()
-            per_worker.append([(name, p.grad.detach().clone()) for name, p in params])
-            worker_losses.append(loss.item())
-        for (_, p), mean in zip(params, sim.exchange(per_worker)):
-            p.grad = mean.to(p.dtype).view_as(p)
-        optimizer.step()
+        worker_losses = simulated_step(model, optimizer, data, sim, [worker_batch(batch, r, n) for r in range(n)])
         losses.append(worker_losses[0])
     return TrainResult(evaluate(model, data), losses[-1] if losses else float("nan"), time.perf_counter() - t0, losses)
