@@ -1,5 +1,5 @@
 // Schemas of the commlib operator library. Kernels register per device in
-// pack_bits.cpp (CPU) and cuda/pack_bits.cu (CUDA); fake (meta) kernels for
+// cpu/*.cpp (CPU) and cuda/*.cu (CUDA); fake (meta) kernels for
 // torch.compile are registered from Python, in commlib/ops/_fake.py.
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
@@ -10,4 +10,24 @@ TORCH_LIBRARY(commlib, m) {
   m.def("pack_bits(Tensor codes, int bits) -> Tensor", {at::Tag::pt2_compliant_tag});
   // packed: 1-D contiguous uint8 of exactly ceil(n * bits / 8) bytes. Returns n uint8 codes.
   m.def("unpack_bits(Tensor packed, int bits, int n) -> Tensor", {at::Tag::pt2_compliant_tag});
+  // x: 1-D contiguous float32 without NaN, numel < 2**31; 0 <= k <= numel. Returns the k entries of largest
+  // |x| (ties to the lower index) as (float32 values, int32 indices), sorted by index.
+  m.def("topk_magnitude(Tensor x, int k) -> (Tensor, Tensor)", {at::Tag::pt2_compliant_tag});
+  // Same contract and result as topk_magnitude; seed only picks the sample that estimates the threshold.
+  m.def("topk_threshold(Tensor x, int k, int seed) -> (Tensor, Tensor)", {at::Tag::pt2_compliant_tag});
+  // x: 1-D contiguous finite float32. Returns (float32 scale per bucket, packed codes); see qsgd.h.
+  m.def("qsgd_encode(Tensor x, int bucket_size, int levels, int bits, bool max_norm, int seed) -> (Tensor, Tensor)",
+        {at::Tag::pt2_compliant_tag});
+  // out += dequantized codes; validates every scale and code before touching out.
+  m.def("qsgd_decode_add(Tensor(a!) out, Tensor scales, Tensor packed, int bucket_size, int levels, int bits) -> ()",
+        {at::Tag::pt2_compliant_tag});
+  // Count sketch (see sketch.h): table (rows, cols) float32 += sketch of x at global indices offset + [0, numel).
+  m.def("count_sketch_add_(Tensor(a!) table, Tensor x, int seed, int offset) -> ()", {at::Tag::pt2_compliant_tag});
+  // Median-of-rows estimates of the elements at global indices offset + [0, length).
+  m.def("count_unsketch(Tensor table, int seed, int offset, int length) -> Tensor", {at::Tag::pt2_compliant_tag});
+  // Blockwise SRHT of 1-D float32 x: (ceil(numel / block), rows.numel()) coefficients.
+  m.def("srht(Tensor x, int block, Tensor rows, int seed) -> Tensor", {at::Tag::pt2_compliant_tag});
+  // Its transpose: length elements from (ceil(length / block), rows.numel()) coefficients.
+  m.def("srht_transpose(Tensor y, int block, Tensor rows, int length, int seed) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
 }

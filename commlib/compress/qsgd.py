@@ -5,23 +5,24 @@ The flat tensor is cut into buckets of ``bucket_size`` consecutive elements
 ``max|x_b|`` with ``norm="max"``) and ``s`` levels, each element becomes
 
     Q(x_i) = sign(x_i) · scale · level_i / s,
-    level_i = floor(|x_i|/scale · s + ξ_i),  ξ_i ~ U[0, 1),
+    level_i = floor(y_i) + [ξ_i < y_i − floor(y_i)],  y_i = |x_i|/scale · s,  ξ_i ~ U[0, 1),
 
 so ``E Q(x_i) = x_i`` (unbiased), and for either norm
 
     E‖Q(x_b) − x_b‖² ≤ min(d_b/s², √d_b/s) · ‖x_b‖²   (Lemma 3.1 of the paper).
 
-Encoding steps: (1) per-bucket float32 scales and ``y = |x|/scale · s ≤ s``,
-computed via ``|x|/max|x_b|`` so tiny or huge buckets neither underflow nor
-overflow (:meth:`QSGD._normalized`); (2) ``level = floor(y) + [ξ < y − floor(y)]``,
-the same distribution as ``floor(y + ξ)`` but never rounded up to ``s + 1``;
-(3) ``code = sign·level + s ∈ [0, 2s]``, packed with ``bits`` bits each
-(:func:`commlib.ops.pack_bits`). A zero bucket has scale 0 and all codes ``s``.
+Encoding is one fused kernel, :func:`commlib.ops.qsgd_encode` (C++ when built,
+else its pure-torch twin): per bucket the norm (in float64, so tiny buckets
+neither underflow nor overflow), ``y ≤ s``, the rounding, and
+``code = sign·level + s ∈ [0, 2s]`` packed with ``bits`` bits each. ξ_i comes
+from a counter-based hash of ``(mixed_seed(seed, step, key/rank r), i)``: each
+rank its own stream, reproducible from the seeds and independent of threads.
+Decoding (:func:`commlib.ops.qsgd_decode_add`) validates every scale and code,
+then adds ``scale/s · (code − s)`` in place. A zero bucket has scale 0 and all
+codes ``s``.
 
 Wire format (fixed by shape and config): one float32 scale per bucket,
-then ``packed_length(d, bits)`` bytes of codes. ξ comes from
-``rng.generator(seed, step, key + "/rank{r}")``: each rank its own stream,
-reproducible from the seeds.
+then ``packed_length(d, bits)`` bytes of codes.
 """
 
 from __future__ import annotations
@@ -101,41 +102,20 @@ class QSGD(ScaledCodesCompressor):
         d_b = min(self.bucket_size, numel)
         return min(d_b / self.s**2, math.sqrt(d_b) / self.s)
 
-    def _normalized(self, buckets: Tensor) -> tuple[Tensor, Tensor]:
-        """``(scales, y)``: per-bucket scales and ``y = |x|/scale · s`` per element, both float32.
-
-        Computed from ``u = |x|/max|x_b|`` so the l2 norm neither underflows for
-        tiny buckets nor overflows before the final product: ``scale = max·c``
-        and ``y = u·s/c`` with ``c = ‖u‖₂`` (l2) or ``1`` (max). Since ``u ≤ 1 ≤ c``,
-        ``y ≤ s``. A zero bucket gets scale 0 and ``y = 0``.
-        """
-        mags = buckets.abs()
-        top = mags.amax(dim=1, keepdim=True)
-        u = mags.div_(torch.where(top > 0, top, torch.ones_like(top)))
-        if self.norm == "max":
-            return top.squeeze(1), u.mul_(self.s)
-        c = torch.linalg.vector_norm(u, dim=1, keepdim=True).clamp_(min=1.0)
-        return (top * c).squeeze(1), u.mul_(self.s / c)
-
     def encode(self, x: Tensor, ctx: TensorContext) -> Tensor:
         flat = x.reshape(-1).to(torch.float32)
-        numel = flat.numel()
-        scales, y = self._normalized(self.groups(flat))
-        if not bool(torch.isfinite(scales).all()):
-            raise ValueError(f"qsgd: a bucket norm of {ctx.key!r} is not finite (NaN/Inf input or float32 overflow)")
-        y = y.reshape(-1)[:numel]
-        floor = y.floor()
-        gen = rng.generator(ctx.seed, ctx.step, f"{ctx.key}/rank{ctx.rank}")
-        xi = torch.rand(numel, generator=gen).to(flat.device)
-        level = floor + (xi < y - floor).to(torch.float32)
-        codes = torch.where(flat < 0, -level, level).add_(self.s).to(torch.uint8)
-        return torch.cat([scales.view(torch.uint8), ops.pack_bits(codes, self.code_bits)])
+        if not bool(torch.isfinite(flat).all()):
+            raise ValueError(f"qsgd: {ctx.key!r} holds NaN or Inf")
+        seed = rng.mixed_seed(ctx.seed, ctx.step, f"{ctx.key}/rank{ctx.rank}")
+        try:
+            scales, packed = ops.qsgd_encode(flat, self.bucket_size, self.s, self.code_bits, self.norm == "max", seed)
+        except ValueError as exc:
+            raise ValueError(f"qsgd: cannot encode {ctx.key!r}: {exc}") from exc
+        return torch.cat([scales.view(torch.uint8), packed])
 
     def decode_add(self, payload: Tensor, out: Tensor, ctx: TensorContext) -> None:
-        numel = out.numel()
         scales, body = self.split_scaled(payload, out.shape, ctx)
-        codes = ops.unpack_bits(body, self.code_bits, numel)
-        if numel and int(codes.max()) > 2 * self.s:
-            raise WireFormatError(f"qsgd: code {int(codes.max())} exceeds 2s = {2 * self.s} ({ctx.key})")
-        levels = self.groups(codes.to(torch.float32).sub_(self.s))
-        out.add_(levels.mul_((scales / self.s).unsqueeze(1)).reshape(-1)[:numel])
+        try:
+            ops.qsgd_decode_add(out, scales, body, self.bucket_size, self.s, self.code_bits)
+        except ValueError as exc:
+            raise WireFormatError(f"qsgd: malformed payload for {ctx.key!r}: {exc}") from exc

@@ -1,7 +1,9 @@
 """Top-k sparsification by magnitude (Aji & Heafield 2017; Stich et al. 2018).
 
 Each rank keeps the ``k = max(1, round(density·d))`` entries of largest
-magnitude (ties to the lower index, see :func:`commlib.ops.topk_magnitude`),
+magnitude (ties to the lower index, see :func:`commlib.ops.topk_magnitude`;
+selected by :func:`commlib.ops.topk_threshold`, a sampled threshold and one
+streaming pass that returns exactly the same set),
 sends them as fp32 values plus int32 indices (8 bytes per kept entry), and
 every rank sums the n sparse tensors in rank order. The operator is
 contractive: ``‖C(x) − x‖² ≤ (1 − k/d)·‖x‖²``.
@@ -56,9 +58,9 @@ class TopK(GatherCompressor):
         return WireBytes(values=4 * k, indices=4 * k)
 
     def select(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The kept ``(values, indices)`` of flat ``x``, sorted by index."""
+        """The kept ``(values, int32 indices)`` of flat ``x``, sorted by index."""
         flat = x.reshape(-1)
-        return ops.topk_magnitude(flat, self.count(flat.numel()))
+        return ops.topk_threshold(flat, self.count(flat.numel()))
 
     def compress(self, x: Tensor, ctx: TensorContext | None = None) -> Tensor:
         """The dense tensor ``C(x)``: ``x`` with all but the top-k entries zeroed (``ctx`` unused: deterministic)."""
@@ -69,7 +71,7 @@ class TopK(GatherCompressor):
 
     def encode(self, x: Tensor, ctx: TensorContext) -> Tensor:
         values, idx = self.select(x)
-        return torch.cat([values.float().view(torch.uint8), idx.to(torch.int32).view(torch.uint8)])
+        return torch.cat([values.float().view(torch.uint8), idx.view(torch.uint8)])
 
     def decode_add(self, payload: Tensor, out: Tensor, ctx: TensorContext) -> None:
         k = payload.numel() // 8

@@ -1,14 +1,25 @@
 """Kernels behind commlib's compressors, dispatched to ``commlib._C`` when built, else to :mod:`.reference`.
 
 On import this module tries to load the native extension ``commlib._C``
-(unless ``COMMLIB_DISABLE_EXTENSION=1``). When it loads, :func:`pack_bits` and
-:func:`unpack_bits` call ``torch.ops.commlib.*`` for tensors on a device the
-extension has kernels for (CPU, CUDA when built with it, and ``meta``), and
-the pure-torch reference otherwise. Both paths produce the same bytes and
-raise the same ``ValueError`` on bad input: the metadata checks (dtype, rank,
-bit width, lengths) run here in Python before either path; the check that
-every code fits in ``bits`` bits runs inside the kernel (fused with packing,
-so it costs no extra pass) or inside the reference.
+(unless ``COMMLIB_DISABLE_EXTENSION=1``). When it loads, every op here calls
+``torch.ops.commlib.*`` for tensors on a device the extension has kernels for
+(CPU, CUDA when built with it, and ``meta``) and of the dtype the kernel
+takes, and the pure-torch reference otherwise. Both paths give the same
+result (bytes, selected sets, codes) and raise ``ValueError`` on bad input:
+metadata checks (dtype, rank, sizes) run in Python before either path; checks
+that need the data (a code too large, a NaN) run inside the kernel, fused
+with its main pass, or inside the reference.
+
+The ops:
+
+- :func:`pack_bits`, :func:`unpack_bits` — 1/2/4/8-bit codes to bytes and back;
+- :func:`topk_magnitude` (exact radix select) and :func:`topk_threshold`
+  (sampled threshold, one streaming pass; the same result, faster);
+- :func:`qsgd_encode` (quantize + pack), :func:`qsgd_decode_add`
+  (validate, unpack, dequantize, accumulate);
+- :func:`count_sketch_add_`, :func:`count_unsketch` (count sketch, hashes
+  computed from the seed), :func:`srht`, :func:`srht_transpose` (blockwise
+  subsampled randomized Hadamard transform).
 
 :func:`backend` says which kernels are in use.
 """
@@ -24,9 +35,23 @@ import torch
 from torch import Tensor
 
 from . import reference as _reference
-from .reference import SUPPORTED_BITS, packed_length, topk_magnitude
+from .reference import SUPPORTED_BITS, packed_length
 
-__all__ = ["SUPPORTED_BITS", "backend", "pack_bits", "packed_length", "topk_magnitude", "unpack_bits"]
+__all__ = [
+    "SUPPORTED_BITS",
+    "backend",
+    "count_sketch_add_",
+    "count_unsketch",
+    "pack_bits",
+    "packed_length",
+    "qsgd_decode_add",
+    "qsgd_encode",
+    "srht",
+    "srht_transpose",
+    "topk_magnitude",
+    "topk_threshold",
+    "unpack_bits",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -125,3 +150,110 @@ def unpack_bits(packed: Tensor, bits: int, n: int) -> Tensor:
     if packed.device.type in _KERNEL_DEVICES:
         return torch.ops.commlib.unpack_bits(packed.contiguous(), bits, n)
     return _reference.unpack_bits(packed, bits, n)
+
+
+def _has_kernel(t: Tensor, dtype: torch.dtype) -> bool:
+    """Whether a native kernel serves ``t``: the extension is loaded, knows the device, and takes the dtype."""
+    return t.device.type in _KERNEL_DEVICES and t.dtype == dtype
+
+
+def topk_magnitude(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` entries of 1-D ``x`` largest in ``|x|`` as ``(values, int32 indices)``, sorted by index.
+
+    Ties at the k-th magnitude go to the lower index, so every run and every
+    backend selects the same set; ``-0.0`` ties with ``0.0``, infinities are
+    the largest magnitudes and a NaN raises ``ValueError``. The kernel is a
+    radix select on the float bit patterns (two passes over ``x``, no sort);
+    float32 tensors use it, other dtypes the reference.
+    """
+    if not isinstance(x, Tensor) or x.dim() != 1:
+        raise ValueError(f"topk_magnitude expects a 1-D tensor, got {getattr(x, 'shape', type(x).__name__)}")
+    if _has_kernel(x, torch.float32):
+        return torch.ops.commlib.topk_magnitude(x.contiguous(), k)
+    return _reference.topk_magnitude(x, k)
+
+
+def topk_threshold(x: Tensor, k: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Exactly :func:`topk_magnitude`'s result, by a sampled threshold and one streaming pass.
+
+    The kernel estimates the k-th magnitude from 65,536 positions drawn with
+    ``seed``, collects every entry at or above a safety margin below it in one
+    pass, and selects exactly ``k`` among those candidates (falling back to the
+    exact kernel when the sample was unlucky). The seed changes only the speed.
+    """
+    if not isinstance(x, Tensor) or x.dim() != 1:
+        raise ValueError(f"topk_threshold expects a 1-D tensor, got {getattr(x, 'shape', type(x).__name__)}")
+    if _has_kernel(x, torch.float32):
+        return torch.ops.commlib.topk_threshold(x.contiguous(), k, _as_int64(seed))
+    return _reference.topk_threshold(x, k, seed)
+
+
+def qsgd_encode(
+    x: Tensor, bucket_size: int, levels: int, bits: int, max_norm: bool = False, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """QSGD quantize + pack of 1-D float32 ``x``: ``(float32 scale per bucket, packed codes)``.
+
+    The formulas are those of :func:`commlib.ops.reference.qsgd_encode`;
+    stochastic rounding draws from the counter hash keyed by ``seed`` and the
+    element's index, so the codes do not depend on the thread count.
+    """
+    if not isinstance(x, Tensor) or x.dtype != torch.float32 or x.dim() != 1:
+        raise ValueError(f"qsgd_encode expects a 1-D float32 tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    if _has_kernel(x, torch.float32):
+        return torch.ops.commlib.qsgd_encode(x.contiguous(), bucket_size, levels, bits, bool(max_norm), _as_int64(seed))
+    return _reference.qsgd_encode(x, bucket_size, levels, bits, max_norm, seed)
+
+
+def qsgd_decode_add(out: Tensor, scales: Tensor, packed: Tensor, bucket_size: int, levels: int, bits: int) -> None:
+    """``out += scale/s · (code − s)`` per element, after validating every scale and code (``ValueError``).
+
+    ``out`` must be a contiguous 1-D float32 tensor (it is updated in place);
+    a malformed payload raises before ``out`` is touched.
+    """
+    if not isinstance(out, Tensor) or out.dtype != torch.float32 or out.dim() != 1 or not out.is_contiguous():
+        raise ValueError("qsgd_decode_add: out must be a contiguous 1-D float32 tensor")
+    if _has_kernel(out, torch.float32) and scales.device == out.device and packed.device == out.device:
+        torch.ops.commlib.qsgd_decode_add(out, scales.contiguous(), packed.contiguous(), bucket_size, levels, bits)
+        return
+    _reference.qsgd_decode_add(out, scales, packed, bucket_size, levels, bits)
+
+
+def count_sketch_add_(table: Tensor, x: Tensor, seed: int, offset: int = 0) -> None:
+    """Add the count sketch of 1-D ``x`` (global indices ``offset + t``) into ``table`` (rows × cols), in place.
+
+    ``table[j, bucket_j(i)] += sign_j(i)·x_i`` with a 2-wise independent
+    bucket hash and a 4-wise independent sign hash per row, both computed from
+    ``seed`` (:func:`commlib.ops.reference.count_sketch_hashes`). Linear: the
+    sum of sketches is the sketch of the sum, so sketches all-reduce.
+    """
+    if _has_kernel(table, torch.float32) and isinstance(x, Tensor) and x.dtype == torch.float32:
+        torch.ops.commlib.count_sketch_add_(table, x.contiguous(), _as_int64(seed), offset)
+        return
+    _reference.count_sketch_add_(table, x, seed, offset)
+
+
+def count_unsketch(table: Tensor, seed: int, offset: int, length: int) -> Tensor:
+    """Median-of-rows estimates of the elements at global indices ``offset + [0, length)`` of a count sketch."""
+    if _has_kernel(table, torch.float32):
+        return torch.ops.commlib.count_unsketch(table.contiguous(), _as_int64(seed), offset, length)
+    return _reference.count_unsketch(table, seed, offset, length)
+
+
+def srht(x: Tensor, block: int, rows: Tensor, seed: int) -> Tensor:
+    """Blockwise SRHT of 1-D float32 ``x``: per block, random signs, ``H/√block``, keep ``rows``."""
+    if _has_kernel(x, torch.float32) and isinstance(rows, Tensor) and rows.device == x.device:
+        return torch.ops.commlib.srht(x.contiguous(), block, rows, _as_int64(seed))
+    return _reference.srht(x, block, rows, seed)
+
+
+def srht_transpose(y: Tensor, block: int, rows: Tensor, length: int, seed: int) -> Tensor:
+    """Transpose of :func:`srht`: ``length`` elements from ``(ceil(length/block), m)`` coefficients."""
+    if _has_kernel(y, torch.float32) and isinstance(rows, Tensor) and rows.device == y.device:
+        return torch.ops.commlib.srht_transpose(y.contiguous(), block, rows, length, _as_int64(seed))
+    return _reference.srht_transpose(y, block, rows, length, seed)
+
+
+def _as_int64(seed: int) -> int:
+    """A seed as the int64 an op schema takes: the same 64 bits, two's complement."""
+    seed = int(seed) & (2**64 - 1)
+    return seed - 2**64 if seed >= 2**63 else seed

@@ -49,3 +49,68 @@ def _unpack_bits_fake(packed: Tensor, bits: int, n: int) -> Tensor:
         lambda: f"unpack_bits: {n} codes of {bits} bits need {(n * bits + 7) // 8} bytes, got {packed.shape[0]}",
     )
     return packed.new_empty((n,))
+
+
+def _check_vector(op: str, t: Tensor, dtype: torch.dtype) -> None:
+    torch._check_value(t.dtype == dtype, lambda: f"{op}: expected a {dtype} tensor, got {t.dtype}")
+    torch._check_value(t.dim() == 1, lambda: f"{op}: expected a 1-D tensor, got shape {tuple(t.shape)}")
+
+
+def _topk_fake(op: str, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    _check_vector(op, x, torch.float32)
+    torch._check_value(0 <= k <= x.shape[0], lambda: f"{op}: k must be in [0, {x.shape[0]}], got {k}")
+    return x.new_empty((k,)), x.new_empty((k,), dtype=torch.int32)
+
+
+@_register_fake("commlib::topk_magnitude")
+def _topk_magnitude_fake(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    return _topk_fake("topk_magnitude", x, k)
+
+
+@_register_fake("commlib::topk_threshold")
+def _topk_threshold_fake(x: Tensor, k: int, seed: int) -> tuple[Tensor, Tensor]:
+    return _topk_fake("topk_threshold", x, k)
+
+
+@_register_fake("commlib::qsgd_encode")
+def _qsgd_encode_fake(
+    x: Tensor, bucket_size: int, levels: int, bits: int, max_norm: bool, seed: int
+) -> tuple[Tensor, Tensor]:
+    _check_vector("qsgd_encode", x, torch.float32)
+    torch._check_value(bucket_size >= 1, lambda: f"qsgd_encode: bucket_size must be positive, got {bucket_size}")
+    torch._check_value(bits in (2, 4, 8), lambda: f"qsgd_encode: bits must be one of (2, 4, 8), got {bits}")
+    n = x.shape[0]
+    return x.new_empty(((n + bucket_size - 1) // bucket_size,)), x.new_empty(((n * bits + 7) // 8,), dtype=torch.uint8)
+
+
+@_register_fake("commlib::qsgd_decode_add")
+def _qsgd_decode_add_fake(
+    out: Tensor, scales: Tensor, packed: Tensor, bucket_size: int, levels: int, bits: int
+) -> None:
+    _check_vector("qsgd_decode_add", out, torch.float32)
+    _check_vector("qsgd_decode_add", scales, torch.float32)
+    _check_vector("qsgd_decode_add", packed, torch.uint8)
+
+
+@_register_fake("commlib::count_sketch_add_")
+def _count_sketch_add_fake(table: Tensor, x: Tensor, seed: int, offset: int) -> None:
+    torch._check_value(table.dim() == 2, lambda: f"count_sketch_add_: table must be 2-D, got {tuple(table.shape)}")
+    _check_vector("count_sketch_add_", x, torch.float32)
+
+
+@_register_fake("commlib::count_unsketch")
+def _count_unsketch_fake(table: Tensor, seed: int, offset: int, length: int) -> Tensor:
+    torch._check_value(table.dim() == 2, lambda: f"count_unsketch: table must be 2-D, got {tuple(table.shape)}")
+    return table.new_empty((length,))
+
+
+@_register_fake("commlib::srht")
+def _srht_fake(x: Tensor, block: int, rows: Tensor, seed: int) -> Tensor:
+    _check_vector("srht", x, torch.float32)
+    return x.new_empty(((x.shape[0] + block - 1) // block, rows.shape[0]))
+
+
+@_register_fake("commlib::srht_transpose")
+def _srht_transpose_fake(y: Tensor, block: int, rows: Tensor, length: int, seed: int) -> Tensor:
+    torch._check_value(y.dim() == 2, lambda: f"srht_transpose: y must be 2-D, got {tuple(y.shape)}")
+    return y.new_empty((length,))

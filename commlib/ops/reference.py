@@ -3,14 +3,36 @@
 Bit layout of :func:`pack_bits` (little-endian within a byte): code ``i`` of
 width ``b`` occupies bits ``(i*b) % 8 …`` of byte ``(i*b) // 8``. For ``b = 1``
 that is ``numpy.packbits(…, bitorder="little")``. The tail byte is zero-padded.
+
+Randomness inside kernels comes from :func:`hash32`, a counter-based hash
+(``csrc/hash.h``) computed here with 32-bit arithmetic in int64 tensors, so
+the reference and the kernels draw the same bits for the same counter.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-__all__ = ["SUPPORTED_BITS", "packed_length", "pack_bits", "unpack_bits", "topk_magnitude"]
+__all__ = [
+    "SUPPORTED_BITS",
+    "count_sketch_add_",
+    "count_sketch_hashes",
+    "count_unsketch",
+    "hash32",
+    "pack_bits",
+    "packed_length",
+    "qsgd_decode_add",
+    "qsgd_encode",
+    "srht",
+    "srht_transpose",
+    "topk_magnitude",
+    "topk_threshold",
+    "uniform24",
+    "unpack_bits",
+]
 
 SUPPORTED_BITS = (1, 2, 4, 8)
 
@@ -67,27 +89,295 @@ def unpack_bits(packed: Tensor, bits: int, n: int) -> Tensor:
     return codes.reshape(-1)[:n].to(torch.uint8)
 
 
+def _check_topk(x: Tensor, k: int) -> None:
+    if x.dim() != 1:
+        raise ValueError(f"topk expects a 1-D tensor, got shape {tuple(x.shape)}")
+    d = x.numel()
+    if d > _INT32_MAX:
+        raise ValueError(f"topk: indices are int32, so x may have at most 2**31 - 1 elements, got {d}")
+    if not 0 <= k <= d:
+        raise ValueError(f"topk: k must be in [0, {d}], got {k}")
+    if x.is_floating_point() and bool(torch.isnan(x).any()):
+        first = int(torch.isnan(x).nonzero()[0, 0])
+        raise ValueError(f"topk: x contains NaN (first at index {first}); magnitudes of NaN have no order")
+
+
 def topk_magnitude(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The ``k`` entries of 1-D ``x`` largest in magnitude, as ``(values, int64 indices)`` sorted by index.
+    """The ``k`` entries of 1-D ``x`` largest in magnitude, as ``(values, int32 indices)`` sorted by index.
 
     Ties at the k-th magnitude go to the lower index, so the selected set is a
-    function of ``x`` alone (``torch.topk`` leaves tie order unspecified).
-    Steps: find the k-th largest magnitude ``t`` (``kthvalue``), keep every
-    entry above ``t``, then fill up with the lowest-index entries equal to ``t``.
+    function of ``x`` alone (``torch.topk`` leaves tie order unspecified);
+    ``-0.0`` ties with ``+0.0``, infinities are the largest magnitudes, and a
+    NaN raises ``ValueError``. Steps: find the k-th largest magnitude ``t``
+    (``kthvalue``), keep every entry above ``t``, then fill up with the
+    lowest-index entries equal to ``t``.
     """
-    if x.dim() != 1:
-        raise ValueError(f"topk_magnitude expects a 1-D tensor, got shape {tuple(x.shape)}")
+    _check_topk(x, k)
     d = x.numel()
-    if not 0 <= k <= d:
-        raise ValueError(f"k must be in [0, {d}], got {k}")
     if k == 0:
-        return x.new_empty(0), torch.empty(0, dtype=torch.int64, device=x.device)
-    mag = x.abs()
+        return x.new_empty(0), torch.empty(0, dtype=torch.int32, device=x.device)
     if k == d:
-        idx = torch.arange(d, device=x.device)
-        return x.clone(), idx
+        return x.clone(), torch.arange(d, dtype=torch.int32, device=x.device)
+    mag = x.abs()
     t = torch.kthvalue(mag, d - k + 1).values
     above = (mag > t).nonzero().squeeze(1)
     ties = (mag == t).nonzero().squeeze(1)[: k - above.numel()]
     idx = torch.cat([above, ties]).sort().values
-    return x[idx], idx
+    return x[idx], idx.to(torch.int32)
+
+
+def topk_threshold(x: Tensor, k: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Same contract and result as :func:`topk_magnitude`.
+
+    The kernel estimates the k-th magnitude from a sample drawn with ``seed``
+    and selects in one streaming pass, then corrects to exactly ``k``; the
+    seed changes only its running time, never its result, so the reference
+    is :func:`topk_magnitude`.
+    """
+    return topk_magnitude(x, k)
+
+
+_INT32_MAX = 2**31 - 1
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(a: Tensor, c: int) -> Tensor:
+    """``(a * c) mod 2**32`` for int64 ``a`` in ``[0, 2**32)``, in two 16-bit halves so no product overflows."""
+    return (a * (c & 0xFFFF) + ((a * (c >> 16)) & 0xFFFF) * 65536) & _M32
+
+
+def _fmix32(h: Tensor) -> Tensor:
+    h = h ^ (h >> 16)
+    h = _mul32(h, 0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = _mul32(h, 0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def hash32(key: int, counters: Tensor) -> Tensor:
+    """The 32-bit random word of each non-negative int64 counter under a 64-bit ``key`` (``csrc/hash.h``).
+
+    ``h = fmix32(lo32(i)·0x9E3779B1 + lo32(key))``, then
+    ``fmix32(h ^ hi32(key) ^ hi32(i)·0x85EBCA77)``, all mod 2**32, with
+    MurmurHash3's finaliser ``fmix32``. Returned as int64 in ``[0, 2**32)``.
+    """
+    key &= 2**64 - 1
+    i = counters.to(torch.int64)
+    h = _fmix32((_mul32(i & _M32, 0x9E3779B1) + (key & _M32)) & _M32)
+    return _fmix32(h ^ (key >> 32) ^ _mul32(i >> 32, 0x85EBCA77))
+
+
+def uniform24(h: Tensor) -> Tensor:
+    """``h >> 8`` as float32 in ``[0, 1)``: 24 random bits, exact in float32."""
+    return (h >> 8).to(torch.float32) * (1.0 / 16777216.0)
+
+
+def _check_qsgd_config(bucket_size: int, levels: int, bits: int) -> None:
+    if bucket_size < 1:
+        raise ValueError(f"qsgd: bucket_size must be positive, got {bucket_size}")
+    if bits not in (2, 4, 8):
+        raise ValueError(f"qsgd: bits must be one of (2, 4, 8), got {bits}")
+    if not 1 <= levels <= (2**bits - 1) // 2:
+        raise ValueError(f"qsgd: levels must be in [1, {(2**bits - 1) // 2}] for {bits}-bit codes, got {levels}")
+
+
+def _check_float_vector(op: str, name: str, t: Tensor) -> None:
+    if not isinstance(t, Tensor) or t.dtype != torch.float32 or t.dim() != 1:
+        what = f"{t.dtype} of shape {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+        raise ValueError(f"{op}: {name} must be a 1-D float32 tensor, got {what}")
+
+
+def qsgd_encode(
+    x: Tensor, bucket_size: int, levels: int, bits: int, max_norm: bool, seed: int
+) -> tuple[Tensor, Tensor]:
+    """QSGD quantize + pack: ``(float32 scale per bucket, packed codes)`` of 1-D float32 ``x``.
+
+    Per bucket of ``bucket_size`` elements (the last one shorter), with
+    ``s = levels``: ``norm = sqrt(Σ x²)`` in float64 (or ``max|x|`` with
+    ``max_norm``); ``scale = float32(norm)``;
+    ``y = float32(min(float64(|x|)·(s/norm), s))``;
+    ``level = floor(y) + [uniform24(hash32(seed, i)) < y − floor(y)]``;
+    ``code = s ∓ level`` (minus for negative ``x``), packed with ``bits`` bits.
+    An all-zero bucket has scale 0 and codes ``s``. Non-finite input raises.
+    """
+    _check_qsgd_config(bucket_size, levels, bits)
+    _check_float_vector("qsgd_encode", "x", x)
+    n = x.numel()
+    if n > _M32:
+        raise ValueError(f"qsgd_encode: at most 2**32 - 1 elements, got {n}")
+    if not bool(torch.isfinite(x).all()):
+        first = int((~torch.isfinite(x)).nonzero()[0, 0])
+        raise ValueError(f"qsgd_encode: x[{first}] = {float(x[first])} is not finite")
+    n_buckets = -(-n // bucket_size)
+    mags = torch.cat([x.abs(), x.new_zeros(n_buckets * bucket_size - n)]).view(n_buckets, bucket_size).double()
+    norm = mags.amax(dim=1) if max_norm else (mags * mags).sum(dim=1).sqrt()
+    scales = norm.float()
+    if not bool(torch.isfinite(scales).all()):
+        raise ValueError("qsgd_encode: a bucket's norm overflows float32")
+    ratio = float(levels) / torch.where(norm > 0, norm, torch.ones_like(norm))
+    y = (mags * ratio.unsqueeze(1)).clamp_(max=float(levels)).float().reshape(-1)[:n]
+    whole = y.floor()
+    coin = uniform24(hash32(seed, torch.arange(n, device=x.device)))
+    level = whole.to(torch.int64) + (coin < y - whole).to(torch.int64)
+    codes = torch.where(x < 0, levels - level, levels + level).to(torch.uint8)
+    return scales, pack_bits(codes, bits)
+
+
+def qsgd_decode_add(out: Tensor, scales: Tensor, packed: Tensor, bucket_size: int, levels: int, bits: int) -> None:
+    """``out += float32(scale/s)·(code − s)`` per element: the inverse of :func:`qsgd_encode`, accumulated.
+
+    Validates first (sizes, every scale finite and non-negative, every code
+    ``≤ 2s``; ``ValueError``), so a malformed payload leaves ``out`` untouched.
+    """
+    _check_qsgd_config(bucket_size, levels, bits)
+    _check_float_vector("qsgd_decode_add", "out", out)
+    _check_float_vector("qsgd_decode_add", "scales", scales)
+    n = out.numel()
+    n_buckets = -(-n // bucket_size)
+    if scales.numel() != n_buckets:
+        raise ValueError(
+            f"qsgd_decode_add: {n} elements in buckets of {bucket_size} need {n_buckets} scales, got {scales.numel()}"
+        )
+    if not bool(torch.isfinite(scales).all()) or bool((scales < 0).any()):
+        raise ValueError("qsgd_decode_add: every scale must be finite and non-negative")
+    codes = unpack_bits(packed, bits, n)
+    if n and int(codes.max()) > 2 * levels:
+        raise ValueError(f"qsgd_decode_add: a code exceeds 2 * levels = {2 * levels}")
+    step = (scales / float(levels)).repeat_interleave(bucket_size)[:n]
+    out.add_((codes.to(torch.float32) - float(levels)) * step)
+
+
+SKETCH_PRIME = 2**31 - 1
+
+
+def _mod_p(x: Tensor) -> Tensor:
+    """``x mod (2**31 − 1)`` for non-negative int64 ``x < 2**62``, by two Mersenne folds (``csrc/sketch.h``)."""
+    x = (x & SKETCH_PRIME) + (x >> 31)
+    x = (x & SKETCH_PRIME) + (x >> 31)
+    return torch.where(x >= SKETCH_PRIME, x - SKETCH_PRIME, x)
+
+
+def count_sketch_hashes(seed: int, row: int) -> tuple[int, int, int, int, int, int]:
+    """Row ``row``'s hash coefficients ``(a, b, c0, c1, c2, c3)`` (``csrc/sketch.h``).
+
+    ``w_t = hash32(seed, 8·row + t)``; ``a = 1 + w_0 mod (P − 1)``, ``b = w_1 mod P``,
+    ``c_t = w_{t+2} mod P`` with ``P = 2**31 − 1``.
+    """
+    w = [int(v) for v in hash32(seed, torch.arange(8 * row, 8 * row + 6))]
+    p = SKETCH_PRIME
+    return 1 + w[0] % (p - 1), w[1] % p, w[2] % p, w[3] % p, w[4] % p, w[5] % p
+
+
+def _buckets_and_signs(seed: int, rows: int, cols: int, idx: Tensor) -> tuple[Tensor, Tensor]:
+    """``bucket_j(i)`` (int64) and ``sign_j(i)`` (±1 float32) for every row ``j`` and global index in ``idx``."""
+    buckets, signs = [], []
+    for j in range(rows):
+        a, b, c0, c1, c2, c3 = count_sketch_hashes(seed, j)
+        buckets.append((_mod_p(a * idx + b) * cols) >> 31)
+        g = _mod_p(_mod_p(_mod_p(c3 * idx + c2) * idx + c1) * idx + c0)
+        signs.append(1.0 - 2.0 * (g & 1).to(torch.float32))
+    return torch.stack(buckets), torch.stack(signs)
+
+
+def _check_sketch(table: Tensor, offset: int, length: int) -> None:
+    if not isinstance(table, Tensor) or table.dim() != 2 or min(table.shape) < 1 or not table.is_floating_point():
+        got = getattr(table, "shape", type(table).__name__)
+        raise ValueError(f"count sketch: table must be a 2-D float (rows, cols) tensor, got {got}")
+    if offset < 0 or length < 0:
+        raise ValueError(f"count sketch: offset and length must be non-negative, got {offset}, {length}")
+    if table.shape[0] > 64:
+        raise ValueError(f"count sketch: at most 64 rows, got {table.shape[0]}")
+    if offset + length > SKETCH_PRIME:
+        raise ValueError(f"count sketch: global indices must stay below 2**31 - 1, got {offset} + {length}")
+
+
+def count_sketch_add_(table: Tensor, x: Tensor, seed: int, offset: int = 0) -> None:
+    """``table[j, bucket_j(i)] += sign_j(i)·x_i`` for global indices ``i = offset + t`` (Charikar et al., 2002).
+
+    Row by row, in index order (``index_add_``). Linear in ``x``: sketches of
+    several tensors at disjoint offsets add up to the sketch of their concatenation.
+    """
+    if not isinstance(x, Tensor) or x.dim() != 1:
+        raise ValueError("count_sketch_add_: x must be a 1-D tensor")
+    _check_sketch(table, offset, x.numel())
+    rows, cols = table.shape
+    idx = torch.arange(offset, offset + x.numel(), device=x.device)
+    buckets, signs = _buckets_and_signs(seed, rows, cols, idx)
+    for j in range(rows):
+        table[j].index_add_(0, buckets[j], signs[j].to(table.dtype) * x.to(table.dtype))
+
+
+def count_unsketch(table: Tensor, seed: int, offset: int, length: int) -> Tensor:
+    """Estimates of the elements at global indices ``offset + [0, length)``: the median over rows.
+
+    ``median_j sign_j(i)·table[j, bucket_j(i)]``; for an even number of rows the
+    lower of the two middle values (``torch.median``).
+    """
+    _check_sketch(table, offset, length)
+    rows, cols = table.shape
+    idx = torch.arange(offset, offset + length, device=table.device)
+    buckets, signs = _buckets_and_signs(seed, rows, cols, idx)
+    votes = signs.to(table.dtype) * torch.gather(table, 1, buckets)
+    return votes.median(dim=0).values if length else table.new_empty(0)
+
+
+def _fwht_rows(v: Tensor) -> Tensor:
+    """Unnormalized Walsh–Hadamard transform of each row of ``v`` (rows of length 2**q), stage by stage."""
+    blocks, size = v.shape
+    h = 1
+    while h < size:
+        pairs = v.reshape(blocks, size // (2 * h), 2, h)
+        lo, hi = pairs[:, :, 0, :], pairs[:, :, 1, :]
+        v = torch.stack([lo + hi, lo - hi], dim=2).reshape(blocks, size)
+        h *= 2
+    return v
+
+
+def _random_signs(seed: int, n: int, device: torch.device) -> Tensor:
+    return 1.0 - 2.0 * (hash32(seed, torch.arange(n, device=device)) & 1).to(torch.float32)
+
+
+def _check_srht(block: int, rows: Tensor) -> None:
+    if block < 1 or block > 2**24 or block & (block - 1):
+        raise ValueError(f"srht: block must be a power of two in [1, 2**24], got {block}")
+    if not isinstance(rows, Tensor) or rows.dtype != torch.int64 or rows.dim() != 1:
+        raise ValueError("srht: rows must be a 1-D int64 tensor")
+    if not 1 <= rows.numel() <= block:
+        raise ValueError(f"srht: rows must hold 1 to block = {block} row indices, got {rows.numel()}")
+    if int(rows.min()) < 0 or int(rows.max()) >= block:
+        raise ValueError(f"srht: a row index is outside [0, {block})")
+    if rows.unique().numel() != rows.numel():
+        raise ValueError("srht: row indices must be distinct")
+
+
+def _hadamard_scale(block: int) -> float:
+    return float(torch.tensor(1.0 / math.sqrt(block), dtype=torch.float32))
+
+
+def srht(x: Tensor, block: int, rows: Tensor, seed: int) -> Tensor:
+    """Blockwise subsampled randomized Hadamard transform: ``(ceil(d/block), m)`` coefficients.
+
+    Per block of ``block`` elements (``x`` zero-padded): multiply by random
+    signs ``±1`` (the parity of ``hash32(seed, i)``), apply ``H/√block`` (fast
+    Walsh–Hadamard), keep the ``m`` entries at ``rows`` (distinct).
+    """
+    _check_float_vector("srht", "x", x)
+    _check_srht(block, rows)
+    d = x.numel()
+    blocks = -(-d // block)
+    v = torch.cat([x * _random_signs(seed, d, x.device), x.new_zeros(blocks * block - d)]).view(blocks, block)
+    return _fwht_rows(v)[:, rows] * _hadamard_scale(block)
+
+
+def srht_transpose(y: Tensor, block: int, rows: Tensor, length: int, seed: int) -> Tensor:
+    """The transpose of :func:`srht`: scatter each block's ``m`` coefficients to ``rows``, apply ``H/√block``, signs."""
+    _check_srht(block, rows)
+    if length < 0:
+        raise ValueError(f"srht_transpose: length must be non-negative, got {length}")
+    blocks = -(-length // block)
+    if not isinstance(y, Tensor) or y.dtype != torch.float32 or tuple(y.shape) != (blocks, rows.numel()):
+        raise ValueError(f"srht_transpose: y must be a float32 tensor of shape {(blocks, rows.numel())}")
+    z = y.new_zeros(blocks, block)
+    z[:, rows] = y
+    v = (_fwht_rows(z) * _hadamard_scale(block)).reshape(-1)[:length]
+    return _random_signs(seed, length, y.device) * v

@@ -18,11 +18,10 @@
 #include <torch/library.h>
 
 #include "../pack_bits.h"
+#include "launch.cuh"
 
 namespace commlib {
 namespace {
-
-constexpr int kThreadsPerBlock = 256;
 
 template <int B>
 __global__ void pack_bits_kernel(const uint8_t* __restrict__ codes, uint8_t* __restrict__ packed, int64_t n,
@@ -59,12 +58,6 @@ __global__ void unpack_bits_kernel(const uint8_t* __restrict__ packed, uint8_t* 
   codes[i] = static_cast<uint8_t>((packed[bit >> 3] >> (bit & 7)) & ((1u << B) - 1));
 }
 
-unsigned int blocks_for(int64_t threads) {
-  const int64_t blocks = (threads + kThreadsPerBlock - 1) / kThreadsPerBlock;
-  TORCH_CHECK(blocks <= 0x7fffffff, "commlib bit packing: input too large for one launch (", threads, " threads)");
-  return static_cast<unsigned int>(blocks);
-}
-
 }  // namespace
 
 at::Tensor pack_bits_cuda(const at::Tensor& codes, int64_t bits) {
@@ -82,7 +75,7 @@ at::Tensor pack_bits_cuda(const at::Tensor& codes, int64_t bits) {
   }
   at::Tensor overflow = at::zeros({1}, codes.options().dtype(at::kInt));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const unsigned int blocks = blocks_for(num_bytes);
+  const unsigned int blocks = blocks_for(num_bytes, "pack_bits");
   const uint8_t* src = codes.data_ptr<uint8_t>();
   uint8_t* dst = packed.data_ptr<uint8_t>();
   int* flag = overflow.data_ptr<int>();
@@ -110,7 +103,7 @@ at::Tensor unpack_bits_cuda(const at::Tensor& packed, int64_t bits, int64_t n) {
     return codes;
   }
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const unsigned int blocks = blocks_for(n);
+  const unsigned int blocks = blocks_for(n, "unpack_bits");
   const uint8_t* src = packed.data_ptr<uint8_t>();
   uint8_t* dst = codes.data_ptr<uint8_t>();
   switch (bits) {

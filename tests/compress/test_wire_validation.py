@@ -100,9 +100,9 @@ def test_topk_rejects_malformed_payloads(corrupt, problem):
 @pytest.mark.parametrize(
     "c, corrupt, problem",
     [
-        (QSGD(bits=2, bucket_size=16), lambda p: p[1, 12:].fill_(0xFF), "exceeds 2s"),
-        (QSGD(levels=5, bucket_size=16), lambda p: p[1, 12].fill_(0x0B), "exceeds 2s"),
-        (QSGD(bits=8, bucket_size=16), lambda p: p[1, -1].fill_(0xFF), "exceeds 2s"),
+        (QSGD(bits=2, bucket_size=16), lambda p: p[1, 12:].fill_(0xFF), r"code exceeds 2 \* levels"),
+        (QSGD(levels=5, bucket_size=16), lambda p: p[1, 12].fill_(0x0B), r"code exceeds 2 \* levels"),
+        (QSGD(bits=8, bucket_size=16), lambda p: p[1, -1].fill_(0xFF), r"code exceeds 2 \* levels"),
         (QSGD(bits=4, bucket_size=16), lambda p: set_float(p, 4, -1.0), "non-negative"),
         (QSGD(bits=4, bucket_size=16), lambda p: set_float(p, 0, float("nan")), "finite"),
         (QSGD(bits=4, bucket_size=16), lambda p: set_float(p, 8, float("inf")), "finite"),
