@@ -12,7 +12,8 @@
 //                                                            (4-wise independent)
 //   sketch:   table[j, bucket_j(i)] += sign_j(i) * x_i
 //   unsketch: estimate_i = median over j of sign_j(i) * table[j, bucket_j(i)]
-//             (the lower median when r is even, as torch.median).
+//             (the lower median when r is even, as torch.median); the
+//             table must be finite.
 //
 // SRHT with blocks of B = 2^q elements (x zero-padded to whole blocks) and a
 // set of m distinct rows of each block: for block b,

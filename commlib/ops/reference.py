@@ -311,9 +311,11 @@ def count_unsketch(table: Tensor, seed: int, offset: int, length: int) -> Tensor
     """Estimates of the elements at global indices ``offset + [0, length)``: the median over rows.
 
     ``median_j sign_j(i)·table[j, bucket_j(i)]``; for an even number of rows the
-    lower of the two middle values (``torch.median``).
+    lower of the two middle values (``torch.median``). The table must be finite.
     """
     _check_sketch(table, offset, length)
+    if not bool(torch.isfinite(table).all()):
+        raise ValueError("count_unsketch: the table holds NaN or Inf")
     rows, cols = table.shape
     idx = torch.arange(offset, offset + length, device=table.device)
     buckets, signs = _buckets_and_signs(seed, rows, cols, idx)

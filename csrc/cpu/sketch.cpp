@@ -3,9 +3,12 @@
 // count_sketch_add_: rows are independent, so threads take whole rows and
 //   each row is accumulated in index order (the same order as the
 //   reference's per-row index_add_).
-// count_unsketch: in parallel over elements; per element the r signed
-//   counters are sorted (insertion sort, r is small) and the lower median
-//   taken.
+// count_unsketch: in parallel over chunks of elements; the r signed counters
+//   of a chunk are stored row-major (r rows of the chunk's length), sorted
+//   column-wise by odd-even transposition (r rounds of compare-exchanges
+//   between neighbouring rows, each a vectorized min/max over the chunk), and
+//   the lower median's row copied out. The table must be finite, so min/max
+//   order like a sort.
 // srht / srht_transpose: in parallel over blocks; each block is transformed
 //   in a thread-local buffer with the iterative butterfly (stage h pairs
 //   element t with t + h inside runs of 2h), whose inner loop over a run is
@@ -50,6 +53,23 @@ void fwht_inplace(float* __restrict__ v, int64_t n) {
 }
 
 constexpr int64_t kHashChunk = 2048;
+
+// Sorts each column t < len of the rows x stride matrix m (row-major),
+// ascending down the rows, by odd-even transposition sort.
+void sort_columns(float* m, int64_t rows, int64_t stride, int64_t len) {
+  for (int64_t round = 0; round < rows; ++round) {
+    for (int64_t j = round % 2; j + 1 < rows; j += 2) {
+      float* __restrict__ upper = m + j * stride;
+      float* __restrict__ lower = m + (j + 1) * stride;
+      for (int64_t t = 0; t < len; ++t) {
+        const float a = upper[t];
+        const float b = lower[t];
+        upper[t] = a < b ? a : b;
+        lower[t] = a < b ? b : a;
+      }
+    }
+  }
+}
 
 #if defined(__AVX512F__)
 // The Mersenne reduction of sketch.h on 8 lanes: two folds, then min(x, x - P)
@@ -167,6 +187,9 @@ at::Tensor count_unsketch_cpu(const at::Tensor& table, int64_t seed, int64_t off
   check_sketch_range(op, offset, length);
   const int64_t rows = table.size(0);
   const uint64_t cols = static_cast<uint64_t>(table.size(1));
+  const float* cells = table.data_ptr<float>();
+  TORCH_CHECK_VALUE(std::all_of(cells, cells + table.numel(), [](float v) { return std::isfinite(v); }), op,
+                    ": the table holds NaN or Inf");
   at::Tensor out = at::empty({length}, table.options());
   std::vector<CountSketchRow> hashes(rows);
   for (int64_t j = 0; j < rows; ++j) {
@@ -189,19 +212,9 @@ at::Tensor count_unsketch_cpu(const at::Tensor& table, int64_t seed, int64_t off
           vote[t] *= row[bucket[t]];
         }
       }
-      for (int64_t t = 0; t < len; ++t) {
-        float sorted[64];
-        for (int64_t j = 0; j < rows; ++j) {
-          const float v = votes[j * kHashChunk + t];
-          int64_t at = j;
-          while (at > 0 && sorted[at - 1] > v) {
-            sorted[at] = sorted[at - 1];
-            --at;
-          }
-          sorted[at] = v;
-        }
-        dst[begin + t] = sorted[(rows - 1) / 2];
-      }
+      sort_columns(votes.data(), rows, kHashChunk, len);
+      const float* median = votes.data() + ((rows - 1) / 2) * kHashChunk;
+      std::copy(median, median + len, dst + begin);
     }
   });
   return out;

@@ -150,6 +150,7 @@ at::Tensor count_unsketch_cuda(const at::Tensor& table, int64_t seed, int64_t of
   check_sketch_table(op, table);
   check_sketch_range(op, offset, length);
   const c10::cuda::CUDAGuard device_guard(table.device());
+  TORCH_CHECK_VALUE(at::isfinite(table).all().item<bool>(), op, ": the table holds NaN or Inf");
   at::Tensor out = at::empty({length}, table.options());
   if (length == 0) {
     return out;

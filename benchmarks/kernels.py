@@ -1,0 +1,237 @@
+"""Time commlib's native kernels against torch's own ops, a memcpy and their pure-torch references, side by side.
+
+For each size ``d`` (default 1M, 25M and 100M float32 elements; ``k = 1%``) the
+cases below run interleaved: every repeat runs each case once, in turn, so load
+drift hits all of them alike; a case's figure is its median over repeats (after
+a warm-up). Every kernel's output is checked against its reference first.
+
+- ``memcpy``: ``y.copy_(x)`` of the input into a preallocated buffer (the floor);
+- top-k: ``torch.topk(x.abs(), k)`` (the baseline), the exact radix select
+  (:func:`commlib.ops.topk_magnitude`) and the sampled threshold
+  (:func:`commlib.ops.topk_threshold`);
+- bit packing, 1/2/4/8 bits, pack and unpack of ``d`` codes, against a copy of
+  the ``d`` code bytes;
+- fused QSGD (4 bits, buckets of 128, l2): encode (quantize + pack) and
+  decode-add, against ``memcpy`` of the float32 input;
+- at ``d = 2**24`` (``--sketch-d``): count sketch (1 and 5 rows, ``d/100``
+  columns per row) add and unsketch, and block SRHT (blocks of 4096, 205 rows
+  kept: ``s ≈ d/20``) forward and transpose, against ``memcpy``;
+- each kernel once more through its pure-torch reference (``--reference``, on
+  by default for ``d ≤ 25M``).
+
+Prints a table (ms, GB/s of input read, × vs the baseline, fraction of memcpy
+throughput) and writes JSON (default ``benchmarks/results/kernels.json``).
+
+Usage::
+
+    python benchmarks/kernels.py [--sizes 1000000 25000000 100000000] [--threads 2] [--repeats 5] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+import commlib.ops as ops
+from commlib.ops import reference
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "kernels.json"
+
+
+@dataclass
+class Case:
+    """One timed operation: its group (what it is compared with), name, callable and bytes of input it reads."""
+
+    group: str
+    name: str
+    fn: Callable[[], object]
+    input_bytes: int
+    baseline: str
+    memcpy: str = "memcpy (float32)"
+    times: list[float] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return statistics.median(self.times)
+
+
+def run_interleaved(cases: list[Case], repeats: int) -> None:
+    """Warm every case up once, then ``repeats`` rounds that each time every case once, in order."""
+    for case in cases:
+        case.fn()
+    for _ in range(repeats):
+        for case in cases:
+            start = time.perf_counter()
+            case.fn()
+            case.times.append(time.perf_counter() - start)
+
+
+def check_outputs(x: Tensor, k: int) -> None:
+    """Every kernel equals its reference on ``x`` before anything is timed."""
+    v, i = ops.topk_magnitude(x, k)
+    rv, ri = reference.topk_magnitude(x, k)
+    assert torch.equal(i, ri) and torch.equal(v, rv), "topk_magnitude differs from the reference"
+    tv, ti = ops.topk_threshold(x, k)
+    assert torch.equal(ti, ri) and torch.equal(tv, rv), "topk_threshold differs from the reference"
+    scales, packed = ops.qsgd_encode(x, 128, 7, 4, False, 1)
+    ref_scales, ref_packed = reference.qsgd_encode(x, 128, 7, 4, False, 1)
+    assert torch.allclose(scales, ref_scales, rtol=1e-6, atol=0), "qsgd scales differ from the reference"
+    same = scales == ref_scales
+    if bool(same.all()):
+        assert torch.equal(packed, ref_packed), "qsgd codes differ from the reference"
+
+
+def size_cases(d: int, with_reference: bool, seed: int) -> list[Case]:
+    """The top-k, packing and QSGD cases at size ``d``."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(d, generator=gen)
+    y = torch.empty_like(x)
+    k = max(1, d // 100)
+    check_outputs(x, k)
+    fbytes = 4 * d
+    cases = [
+        Case("copy", "memcpy (float32)", lambda: y.copy_(x), fbytes, "memcpy (float32)"),
+        Case("topk", "torch.topk(|x|)", lambda: torch.topk(x.abs(), k), fbytes, "torch.topk(|x|)"),
+        Case("topk", "topk exact (radix)", lambda: ops.topk_magnitude(x, k), fbytes, "torch.topk(|x|)"),
+        Case("topk", "topk threshold", lambda: ops.topk_threshold(x, k), fbytes, "torch.topk(|x|)"),
+    ]
+    if with_reference:
+        cases.append(Case("topk", "topk reference", lambda: reference.topk_magnitude(x, k), fbytes, "torch.topk(|x|)"))
+    codes = torch.randint(0, 2, (d,), dtype=torch.uint8, generator=gen)
+    code_copy = torch.empty_like(codes)
+    cases.append(Case("copy", "memcpy (uint8 codes)", lambda: code_copy.copy_(codes), d, "memcpy (uint8 codes)",
+                      "memcpy (uint8 codes)"))
+    for bits in (1, 2, 4, 8):
+        c = torch.randint(0, 2**bits, (d,), dtype=torch.uint8, generator=gen)
+        p = ops.pack_bits(c, bits)
+        codes_copy = "memcpy (uint8 codes)"
+        cases.append(Case("pack", f"pack {bits}-bit", lambda c=c, b=bits: ops.pack_bits(c, b), d, codes_copy,
+                          codes_copy))
+        cases.append(Case("pack", f"unpack {bits}-bit", lambda p=p, b=bits: ops.unpack_bits(p, b, d), d, codes_copy,
+                          codes_copy))
+        if with_reference:
+            cases.append(Case("pack", f"pack {bits}-bit reference", lambda c=c, b=bits: reference.pack_bits(c, b), d,
+                              codes_copy, codes_copy))
+    scales, packed = ops.qsgd_encode(x, 128, 7, 4, False, 1)
+    out = torch.zeros_like(x)
+    cases += [
+        Case("qsgd", "qsgd encode 4-bit", lambda: ops.qsgd_encode(x, 128, 7, 4, False, 1), fbytes,
+             "memcpy (float32)"),
+        Case("qsgd", "qsgd decode-add 4-bit", lambda: ops.qsgd_decode_add(out, scales, packed, 128, 7, 4), fbytes,
+             "memcpy (float32)"),
+    ]
+    if with_reference:
+        cases.append(Case("qsgd", "qsgd encode reference", lambda: reference.qsgd_encode(x, 128, 7, 4, False, 1),
+                          fbytes, "memcpy (float32)"))
+    return cases
+
+
+def sketch_cases(d: int, with_reference: bool, seed: int) -> list[Case]:
+    """Count sketch and block SRHT at size ``d``."""
+    x = torch.randn(d, generator=torch.Generator().manual_seed(seed))
+    y = torch.empty_like(x)
+    fbytes = 4 * d
+    cases = [Case("copy", "memcpy (float32)", lambda: y.copy_(x), fbytes, "memcpy (float32)")]
+    for rows in (1, 5):
+        table = torch.zeros(rows, d // 100)
+        cases.append(Case("sketch", f"count sketch add ({rows} rows)",
+                          lambda t=table: ops.count_sketch_add_(t, x, 3, 0), fbytes, "memcpy (float32)"))
+        cases.append(Case("sketch", f"count unsketch ({rows} rows)",
+                          lambda t=table: ops.count_unsketch(t, 3, 0, d), fbytes, "memcpy (float32)"))
+    block = 4096
+    rows = torch.randperm(block, generator=torch.Generator().manual_seed(seed))[: block // 20]
+    coeffs = ops.srht(x, block, rows, 3)
+    assert torch.equal(coeffs, reference.srht(x, block, rows, 3)), "srht differs from the reference"
+    cases += [
+        Case("sketch", "srht (block 4096, s=d/20)", lambda: ops.srht(x, block, rows, 3), fbytes,
+             "memcpy (float32)"),
+        Case("sketch", "srht transpose", lambda: ops.srht_transpose(coeffs, block, rows, d, 3), fbytes,
+             "memcpy (float32)"),
+    ]
+    if with_reference:
+        cases.append(Case("sketch", "srht reference", lambda: reference.srht(x, block, rows, 3), fbytes,
+                          "memcpy (float32)"))
+    return cases
+
+
+def summarize(d: int, cases: list[Case]) -> list[dict]:
+    """One row per case: median ms, GB/s of input, speed-up over its baseline, fraction of memcpy throughput."""
+    by_name = {c.name: c for c in cases}
+    return [
+        {
+            "d": d,
+            "group": c.group,
+            "case": c.name,
+            "ms": round(1e3 * c.seconds, 3),
+            "gb_per_s": round(c.input_bytes / c.seconds / 1e9, 2),
+            "baseline": c.baseline,
+            "speedup_vs_baseline": round(by_name[c.baseline].seconds / c.seconds, 2),
+            "fraction_of_memcpy": round(by_name[c.memcpy].seconds / c.seconds, 3),
+            "times_ms": [round(1e3 * t, 3) for t in c.times],
+        }
+        for c in cases
+    ]
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'d':>11} {'case':34} {'ms':>10} {'GB/s':>7} {'× baseline':>11} {'of memcpy':>10}  baseline")
+    for r in rows:
+        print(f"{r['d']:>11} {r['case']:34} {r['ms']:>10.2f} {r['gb_per_s']:>7.2f} {r['speedup_vs_baseline']:>10.2f}× "
+              f"{r['fraction_of_memcpy']:>10.2f}  {r['baseline']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 25_000_000, 100_000_000])
+    parser.add_argument("--sketch-d", type=int, default=2**24)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--reference-max-d", type=int, default=25_000_000,
+                        help="time the pure-torch references only up to this size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
+    rows: list[dict] = []
+    for d in args.sizes:
+        cases = size_cases(d, d <= args.reference_max_d, args.seed)
+        run_interleaved(cases, args.repeats if d <= 25_000_000 else max(2, args.repeats // 2))
+        rows += summarize(d, cases)
+        del cases
+    cases = sketch_cases(args.sketch_d, True, args.seed)
+    run_interleaved(cases, args.repeats)
+    rows += summarize(args.sketch_d, cases)
+    print_table(rows)
+    report = {
+        "benchmark": "kernels",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "backend": ops.backend(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "loadavg_1min_before": load_before,
+        "loadavg_1min_after": os.getloadavg()[0],
+        "unit": "milliseconds, median of interleaved repeats",
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
