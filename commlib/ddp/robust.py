@@ -114,6 +114,7 @@ class RobustState:
         self.seed = seed
         self.step = 0
         self.faulty_rows = 0
+        self.buckets_last_step = 0
         self.issuer = OrderedIssuer(process_group)
         self._pending: list[tuple[torch.Tensor, Future]] = []
 
@@ -188,6 +189,7 @@ def robust_hook(state: RobustState, bucket: dist.GradBucket) -> torch.futures.Fu
     if not bucket.is_last():
         return pending
     held, state._pending = state._pending, []
+    state.buckets_last_step = len(held)
     step = state.step
     state.step += 1
     flat = torch.cat([buffer.reshape(-1) for buffer, _ in held])

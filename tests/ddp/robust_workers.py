@@ -18,12 +18,15 @@ def _batch(rank: int):
 
 
 def model_wide(rank: int, world: int, make_rule) -> dict:
-    """One backward through the robust hook with many tiny buckets, and the rule applied to whole gradients."""
+    """The second backward (DDP has rebuilt its buckets to many tiny ones) and the rule on whole gradients."""
     model = mlp(hidden=64, depth=2, seed=0)
     wrapped = DDP(model, bucket_cap_mb=0.002)
-    wrapped.register_comm_hook(RobustState(wrapped, make_rule()), robust_hook)
+    state = RobustState(wrapped, make_rule())
+    wrapped.register_comm_hook(state, robust_hook)
     x, y = _batch(rank)
-    F.cross_entropy(wrapped(x), y).backward()
+    for _ in range(2):
+        wrapped.zero_grad(set_to_none=True)
+        F.cross_entropy(wrapped(x), y).backward()
     hooked = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
     rows = []
     for r in range(world):
@@ -31,7 +34,16 @@ def model_wide(rank: int, world: int, make_rule) -> dict:
         xr, yr = _batch(r)
         F.cross_entropy(replica(xr), yr).backward()
         rows.append(torch.cat([p.grad.reshape(-1) for p in replica.parameters()]))
-    return {"hooked": hooked, "expected": make_rule()(torch.stack(rows)), "buckets": len(list(model.parameters()))}
+    stacked = torch.stack(rows)
+    return {"hooked": hooked, "expected": make_rule()(stacked), "rows": stacked,
+            "buckets": state.buckets_last_step}
+
+
+class WidthProbe:
+    """A test rule that answers with the width it was given: d everywhere (whole gradients) or a bucket's size."""
+
+    def __call__(self, X: torch.Tensor) -> torch.Tensor:
+        return torch.full((X.shape[1],), float(X.shape[1]))
 
 
 def byzantine_training(rank: int, world: int, rules: dict, attack, steps: int, **options) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ddp.robust_workers import byzantine_training, model_wide, tampered_topk
+from ddp.robust_workers import WidthProbe, byzantine_training, model_wide, tampered_topk
 from dist_utils import run_workers
 
 from commlib import robust
@@ -17,13 +17,29 @@ def flag():
     return robust.FlagAggregator(m=2)
 
 
+def krum():
+    return robust.Krum(f=0)
+
+
 def test_rule_sees_whole_gradients_and_every_rank_agrees():
-    """With one bucket per parameter, the hook's gradient is the rule applied to the stacked whole gradients."""
-    results = run_workers(model_wide, WORLD, flag, timeout=240)
-    assert results[0]["buckets"] > 2
+    """With one bucket per parameter, Krum's choice is one worker's *whole* gradient, the same bits on every rank.
+
+    Bucket-wise aggregation would pick a worker per bucket and mix their pieces.
+    """
+    results = run_workers(model_wide, WORLD, krum, timeout=240)
+    first = results[0]
+    assert first["buckets"] > 2
     for r in results:
-        assert torch.equal(r["hooked"], results[0]["hooked"])
-    assert torch.allclose(results[0]["hooked"], results[0]["expected"], rtol=1e-5, atol=1e-7)
+        assert torch.equal(r["hooked"], first["hooked"])
+    assert torch.equal(first["hooked"], first["expected"])
+    assert any(torch.equal(first["hooked"], row) for row in first["rows"])
+
+
+def test_rule_is_called_once_on_the_whole_model():
+    """A probe rule answers with the width it sees: the model's parameter count, not a bucket's."""
+    first = run_workers(model_wide, WORLD, WidthProbe, timeout=240)[0]
+    assert first["buckets"] > 2
+    assert torch.equal(first["hooked"], torch.full_like(first["hooked"], float(first["hooked"].numel())))
 
 
 def test_alie_breaks_the_mean_but_not_flag():
