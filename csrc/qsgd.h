@@ -15,6 +15,7 @@
 // norm may differ in its last bit, because the order of the sum differs.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <tuple>
 
@@ -25,14 +26,18 @@
 
 namespace commlib {
 
-inline int64_t num_buckets(int64_t n, int64_t bucket_size) { return (n + bucket_size - 1) / bucket_size; }
+inline int64_t num_buckets(int64_t n, int64_t bucket_size) { return n == 0 ? 0 : (n - 1) / bucket_size + 1; }
+
+// A bucket longer than the vector is one bucket of all n elements: the same
+// result, and no arithmetic with the huge size.
+inline int64_t effective_bucket(int64_t n, int64_t bucket_size) { return std::min(bucket_size, std::max<int64_t>(n, 1)); }
 
 constexpr int64_t kMaxQsgdNumel = (int64_t{1} << 32) - 1;
 
 inline void check_qsgd_config(const char* op, int64_t bucket_size, int64_t levels, int64_t bits) {
   TORCH_CHECK_VALUE(bucket_size >= 1, op, ": bucket_size must be positive, got ", bucket_size);
   TORCH_CHECK_VALUE(bits == 2 || bits == 4 || bits == 8, op, ": bits must be one of (2, 4, 8), got ", bits);
-  TORCH_CHECK_VALUE(levels >= 1 && 2 * levels + 1 <= (int64_t{1} << bits), op, ": levels must be in [1, ",
+  TORCH_CHECK_VALUE(levels >= 1 && levels <= ((int64_t{1} << bits) - 1) / 2, op, ": levels must be in [1, ",
                     ((int64_t{1} << bits) - 1) / 2, "] for ", bits, "-bit codes, got ", levels);
 }
 

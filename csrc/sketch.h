@@ -90,7 +90,8 @@ inline void check_sketch_table(const char* op, const at::Tensor& table) {
 inline void check_sketch_range(const char* op, int64_t offset, int64_t length) {
   TORCH_CHECK_VALUE(offset >= 0 && length >= 0, op, ": offset and length must be non-negative, got ", offset, ", ",
                     length);
-  TORCH_CHECK_VALUE(offset + length <= static_cast<int64_t>(kSketchPrime), op,
+  TORCH_CHECK_VALUE(offset <= static_cast<int64_t>(kSketchPrime) && length <= static_cast<int64_t>(kSketchPrime) - offset,
+                    op,
                     ": global indices must stay below 2^31 - 1, got offset ", offset, " + length ", length);
 }
 

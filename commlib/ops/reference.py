@@ -208,6 +208,7 @@ def qsgd_encode(
     if not bool(torch.isfinite(x).all()):
         first = int((~torch.isfinite(x)).nonzero()[0, 0])
         raise ValueError(f"qsgd_encode: x[{first}] = {float(x[first])} is not finite")
+    bucket_size = min(bucket_size, max(n, 1))  # a bucket longer than x is one bucket of all of x
     n_buckets = -(-n // bucket_size)
     mags = torch.cat([x.abs(), x.new_zeros(n_buckets * bucket_size - n)]).view(n_buckets, bucket_size).double()
     norm = mags.amax(dim=1) if max_norm else (mags * mags).sum(dim=1).sqrt()
@@ -234,6 +235,7 @@ def qsgd_decode_add(out: Tensor, scales: Tensor, packed: Tensor, bucket_size: in
     _check_float_vector("qsgd_decode_add", "scales", scales)
     n = out.numel()
     n_buckets = -(-n // bucket_size)
+    bucket_size = min(bucket_size, max(n, 1))
     if scales.numel() != n_buckets:
         raise ValueError(
             f"qsgd_decode_add: {n} elements in buckets of {bucket_size} need {n_buckets} scales, got {scales.numel()}"

@@ -146,6 +146,7 @@ std::tuple<at::Tensor, at::Tensor> qsgd_encode_cpu(const at::Tensor& x, int64_t 
   check_float_vector("qsgd_encode", "x", x);
   const int64_t n = x.numel();
   TORCH_CHECK_VALUE(n <= kMaxQsgdNumel, "qsgd_encode: at most 2**32 - 1 elements, got ", n);
+  bucket_size = effective_bucket(n, bucket_size);
   at::Tensor scales = at::empty({num_buckets(n, bucket_size)}, x.options());
   at::Tensor packed = at::empty({packed_length(n, bits)}, x.options().dtype(at::kByte));
   const float* src = x.data_ptr<float>();
@@ -154,7 +155,7 @@ std::tuple<at::Tensor, at::Tensor> qsgd_encode_cpu(const at::Tensor& x, int64_t 
   const Blocks blocks = make_blocks(n, bucket_size);
   std::atomic<bool> bad{false};
   at::parallel_for(0, blocks.count, 1, [&](int64_t first_block, int64_t last_block) {
-    std::vector<uint8_t> codes(blocks.length);
+    std::vector<uint8_t> codes(std::min(blocks.length, n));
     for (int64_t blk = first_block; blk < last_block; ++blk) {
       const int64_t begin = blk * blocks.length;
       const int64_t len = std::min(blocks.length, n - begin);
@@ -180,6 +181,7 @@ void qsgd_decode_add_cpu(const at::Tensor& out, const at::Tensor& scales, const 
                          int64_t bucket_size, int64_t levels, int64_t bits) {
   check_qsgd_decode_args(out, scales, packed, bucket_size, levels, bits);
   const int64_t n = out.numel();
+  bucket_size = effective_bucket(n, bucket_size);
   const float* scale_in = scales.data_ptr<float>();
   for (int64_t b = 0; b < scales.numel(); ++b) {
     TORCH_CHECK_VALUE(is_finite_bits(scale_in[b]) && scale_in[b] >= 0.0f, "qsgd_decode_add: scale ", b, " = ",
@@ -193,7 +195,7 @@ void qsgd_decode_add_cpu(const at::Tensor& out, const at::Tensor& scales, const 
   // Pass 1: every code must be <= 2s.
   std::atomic<bool> bad{false};
   at::parallel_for(0, blocks.count, 1, [&](int64_t first_block, int64_t last_block) {
-    std::vector<uint8_t> codes(blocks.length);
+    std::vector<uint8_t> codes(std::min(blocks.length, n));
     for (int64_t blk = first_block; blk < last_block; ++blk) {
       const int64_t begin = blk * blocks.length;
       const int64_t len = std::min(blocks.length, n - begin);
@@ -211,7 +213,7 @@ void qsgd_decode_add_cpu(const at::Tensor& out, const at::Tensor& scales, const 
 
   // Pass 2: out += scale / s * (code - s).
   at::parallel_for(0, blocks.count, 1, [&](int64_t first_block, int64_t last_block) {
-    std::vector<uint8_t> codes(blocks.length);
+    std::vector<uint8_t> codes(std::min(blocks.length, n));
     const float s = static_cast<float>(levels);
     for (int64_t blk = first_block; blk < last_block; ++blk) {
       const int64_t begin = blk * blocks.length;

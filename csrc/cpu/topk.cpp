@@ -223,11 +223,11 @@ bool trivial_case(const at::Tensor& x, int64_t k, std::tuple<at::Tensor, at::Ten
     return false;
   }
   *out = allocate(x, k);
+  const float* src = x.data_ptr<float>();
+  if (std::any_of(src, src + d, [](float v) { return std::isnan(v); })) {
+    raise_nan("topk", src, d);
+  }
   if (k == d && d > 0) {
-    const float* src = x.data_ptr<float>();
-    if (std::any_of(src, src + d, [](float v) { return std::isnan(v); })) {
-      raise_nan("topk", src, d);
-    }
     std::get<0>(*out).copy_(x);
     int32_t* idx = std::get<1>(*out).data_ptr<int32_t>();
     for (int64_t i = 0; i < d; ++i) {

@@ -102,6 +102,7 @@ std::tuple<at::Tensor, at::Tensor> qsgd_encode_cuda(const at::Tensor& x, int64_t
   check_float_vector("qsgd_encode", "x", x);
   const int64_t n = x.numel();
   TORCH_CHECK_VALUE(n <= kMaxQsgdNumel, "qsgd_encode: at most 2**32 - 1 elements, got ", n);
+  bucket_size = effective_bucket(n, bucket_size);
   const c10::cuda::CUDAGuard device_guard(x.device());
   const int64_t buckets = num_buckets(n, bucket_size);
   at::Tensor scales = at::empty({buckets}, x.options());
@@ -131,6 +132,7 @@ void qsgd_decode_add_cuda(const at::Tensor& out, const at::Tensor& scales, const
   check_qsgd_decode_args(out, scales, packed, bucket_size, levels, bits);
   const c10::cuda::CUDAGuard device_guard(out.device());
   const int64_t n = out.numel();
+  bucket_size = effective_bucket(n, bucket_size);
   TORCH_CHECK_VALUE(at::isfinite(scales).all().item<bool>() && scales.ge(0).all().item<bool>(),
                     "qsgd_decode_add: every scale must be finite and non-negative");
   const at::Tensor codes = unpack_bits_cuda(packed, bits, n);
