@@ -1,0 +1,330 @@
+"""The L-GreCo policy: a schedule of layerwise re-solves, as pure state a runtime drives.
+
+Markov et al., "L-GreCo: Layerwise-adaptive gradient compression for efficient
+data-parallel deep learning", MLSys 2024. Every ``period`` steps the policy
+measures each layer's compression error under every option on gradients
+accumulated over the last ``window`` steps (:mod:`.tables`), prices every
+option (:mod:`.cost`), and picks one option per layer minimizing total cost
+within ``α`` times the error of the uniform default (:mod:`.dp`).
+
+Schedule, for a step counter ``τ`` counting compressed steps (the runtime runs
+its dense warm-up first and starts ``τ`` at 0 after it):
+
+1. ``τ < period``: every layer uses the uniform default (``default_option``;
+   a layer it cannot compress — a bias for PowerSGD — uses ``fp32``).
+2. Steps ``τ ∈ [k·period − window, k·period)``: :meth:`LGreCo.wants_gradients`
+   is true; the runtime feeds :meth:`LGreCo.observe` the tensors the compressor
+   is about to see (gradient plus error-feedback buffer), by layer name — all
+   layers at once or bucket by bucket, each layer at most once per step.
+3. At ``τ = k·period`` (or the first :meth:`LGreCo.decide` after it):
+   :meth:`LGreCo.decide` re-solves from the accumulated sums and returns the
+   decision, an int64 tensor of option indices (one per layer, registration
+   order) that the runtime broadcasts as a tensor — never a pickled object.
+   Ranks without statistics (if only rank 0 observes) keep their decision in
+   ``decide`` and take the broadcast one with :meth:`LGreCo.load_decision`.
+4. The runtime maps indices to compressors with :attr:`LGreCo.options`
+   (``options[i].build()``, or reconfigures its existing ones).
+
+Call :meth:`~LGreCo.decide` before :meth:`~LGreCo.observe` within a step. All
+state is in :meth:`~LGreCo.state_dict` (tensors and plain values).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .cost import CostModel, ElementCost, cost_table
+from .dp import Solution, solve
+from .options import Option, default_grid
+from .tables import ErrorAccumulator, error_table
+
+__all__ = ["LGreCo", "LGreCoStats"]
+
+_METRICS = ("squared", "norm")
+
+
+@dataclass
+class LGreCoStats:
+    """What the policy decided and predicts, for the current decision and the uniform default.
+
+    Costs are per step in the cost model's ``unit``; bytes are the payload
+    bytes one rank contributes per step (the compressors' ``wire_bytes``).
+    """
+
+    solves: int = 0
+    skipped: int = 0  # re-solves that were due without statistics (this rank observed nothing)
+    changed_layers: int = 0  # layers whose option changed, summed over solves
+    last_step: int = -1
+    budget: float = math.nan
+    predicted_error: float = math.nan
+    predicted_cost: float = math.nan
+    default_cost: float = math.nan
+    predicted_bytes: float = math.nan
+    default_bytes: float = math.nan
+    table_seconds: float = 0.0  # time spent measuring errors, summed over solves
+    dp_seconds: float = 0.0
+    unit: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _check_int(value: object, name: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"LGreCo {name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+class LGreCo:
+    """Layerwise-adaptive choice among ``options`` (mixed families allowed), re-solved every ``period`` steps.
+
+    ``options`` defaults to :func:`~commlib.adaptive.options.default_grid` of
+    ``default_option``; the default option and ``fp32`` are always included.
+    ``cost_model`` defaults to :class:`~commlib.adaptive.cost.ElementCost` (the
+    paper's); ``world_size`` is what it prices for (set it, or pass it to
+    :meth:`register`, with ``ByteCost`` or ``TimeCost``). ``error_metric``: ``"squared"``
+    (default; sum of squared errors, the squared norm of the whole model's
+    compression error) or ``"norm"`` (sum of per-layer norms, as the public
+    implementation). ``power_iterations`` and ``seed`` go to
+    :func:`~commlib.adaptive.tables.error_table`.
+    """
+
+    def __init__(
+        self,
+        period: int = 500,
+        alpha: float = 1.0,
+        bins: int = 10_000,
+        options: Sequence[Option | str] | None = None,
+        default_option: Option | str = "powersgd:4",
+        cost_model: CostModel | None = None,
+        window: int = 10,
+        world_size: int = 1,
+        error_metric: str = "squared",
+        power_iterations: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.period = _check_int(period, "period", 1)
+        self.window = _check_int(window, "window", 1)
+        if self.window > self.period:
+            raise ValueError(f"LGreCo window ({window}) must not exceed period ({period})")
+        self.bins = _check_int(bins, "bins", 1)
+        self.world_size = _check_int(world_size, "world_size", 1)
+        self.seed = _check_int(seed, "seed", 0)
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (math.isfinite(alpha) and alpha > 0):
+            raise ValueError(f"LGreCo alpha must be a positive finite number, got {alpha!r}")
+        if error_metric not in _METRICS:
+            raise ValueError(f"LGreCo error_metric must be one of {_METRICS}, got {error_metric!r}")
+        if power_iterations is not None:
+            _check_int(power_iterations, "power_iterations", 1)
+        self.alpha, self.error_metric, self.power_iterations = float(alpha), error_metric, power_iterations
+        self.default_option = Option.parse(default_option)
+        grid = default_grid(self.default_option) if options is None else [Option.parse(o) for o in options]
+        for required in (self.default_option, Option("fp32")):
+            if required not in grid:
+                grid.append(required)
+        if len(set(grid)) != len(grid):
+            raise ValueError(f"LGreCo options must be distinct, got {[str(o) for o in grid]}")
+        self.options: list[Option] = grid
+        self.cost_model = cost_model if cost_model is not None else ElementCost()
+        self.layer_names: list[str] = []
+        self.shapes: list[tuple[int, ...]] = []
+        self.stats = LGreCoStats(unit=self.cost_model.unit)
+        self.last_solution: Solution | None = None
+        self.last_tables: tuple[np.ndarray, np.ndarray] | None = None  # (errors, costs) of the last solve
+        self._defaults = torch.zeros(0, dtype=torch.int64)
+        self._decision = torch.zeros(0, dtype=torch.int64)
+        self._bytes = np.zeros((0, len(grid)))
+        self._accumulator = ErrorAccumulator(self.window)
+        self._next_solve = self.period
+
+    # -- layers ----------------------------------------------------------------------------------------
+
+    def register(self, shapes: Mapping[str, Sequence[int]], world_size: int | None = None) -> None:
+        """Set the layers, by name and shape; their order is the decision's order (identical on every rank)."""
+        if world_size is not None:
+            self.world_size = _check_int(world_size, "world_size", 1)
+        names = list(shapes)
+        if not all(isinstance(n, str) for n in names):
+            raise ValueError("LGreCo layer names must be strings")
+        dims = [tuple(int(d) for d in shapes[n]) for n in names]
+        self._bytes = np.array(
+            [[o.wire_bytes(d) if o.applicable(d) else np.inf for o in self.options] for d in dims], dtype=np.float64
+        ).reshape(len(dims), len(self.options))
+        fallback = self.options.index(Option("fp32"))
+        default = self.options.index(self.default_option)
+        self.layer_names, self.shapes = names, dims
+        self._defaults = torch.tensor(
+            [default if np.isfinite(self._bytes[row, default]) else fallback for row in range(len(names))],
+            dtype=torch.int64,
+        )
+        self._decision = self._defaults.clone()
+        self._accumulator.reset()
+        self._refresh_predictions()
+
+    def default_decision(self) -> Tensor:
+        """The uniform default, per layer."""
+        return self._defaults.clone()
+
+    # -- schedule --------------------------------------------------------------------------------------
+
+    def wants_gradients(self, step: int) -> bool:
+        """Whether ``step`` is in the window before the next re-solve (feed :meth:`observe` only then)."""
+        return self._next_solve - self.window <= step < self._next_solve
+
+    def observe(
+        self, step: int, grads: Mapping[str, Tensor], feedback: Mapping[str, Tensor] | None = None
+    ) -> bool:
+        """Add ``grads`` (+ ``feedback``) to the window sums when ``step`` is in the window; ``True`` if used.
+
+        ``grads`` names registered layers (all, or one bucket's). A call
+        holding inf or NaN is skipped (``False``) and leaves the statistics untouched.
+        """
+        if not self.wants_gradients(step):
+            return False
+        shapes = dict(zip(self.layer_names, self.shapes))
+        for name, g in grads.items():
+            if name not in shapes:
+                raise ValueError(f"LGreCo got a gradient for {name!r}, not a registered layer")
+            if tuple(g.shape) != shapes[name]:
+                raise ValueError(f"layer {name!r}: gradient shape {tuple(g.shape)}, registered {shapes[name]}")
+        return self._accumulator.add(grads, feedback)
+
+    def should_solve(self, step: int) -> bool:
+        """Whether a re-solve is due at ``step`` (the first call at or after each multiple of ``period``)."""
+        return step >= self._next_solve
+
+    def decide(self, step: int) -> Tensor:
+        """The decision for ``step`` (int64 option indices per layer), re-solving first when due.
+
+        A due re-solve without statistics (this rank observed nothing) keeps
+        the decision and counts as ``skipped``.
+        """
+        if self.should_solve(step):
+            self._next_solve = (step // self.period + 1) * self.period
+            self.stats.last_step = step
+            if self._accumulator.steps():
+                self.solve()
+            else:
+                self.stats.skipped += 1
+        return self._decision.clone()
+
+    # -- solving ---------------------------------------------------------------------------------------
+
+    def solve(self) -> Solution:
+        """Re-solve now from the accumulated sums (then cleared): error table, cost table, dynamic program.
+
+        A layer without statistics keeps its default option (its row allows
+        only the default, at error 0, so it takes no share of the budget).
+        """
+        steps = self._accumulator.steps()
+        if not steps:
+            raise ValueError("LGreCo.solve: no gradients observed since the last solve")
+        sums = self._accumulator.sums()
+        seen = [row for row, name in enumerate(self.layer_names) if name in steps]
+        start = time.perf_counter()
+        errors = np.full((len(self.layer_names), len(self.options)), np.inf)
+        errors[np.arange(len(errors)), self._defaults.numpy()] = 0.0
+        errors[seen] = error_table(
+            {self.layer_names[row]: sums[self.layer_names[row]] for row in seen},
+            self.options,
+            cast_scale={name: float(count * self.world_size) for name, count in steps.items()},
+            power_iterations=self.power_iterations,
+            seed=self.seed,
+        )
+        if self.error_metric == "norm":
+            errors = np.sqrt(errors)
+        mid = time.perf_counter()
+        costs = cost_table(self.shapes, self.options, self.cost_model, self.world_size)
+        solution = solve(costs, errors, self._defaults.numpy(), alpha=self.alpha, bins=self.bins)
+        self.stats.table_seconds += mid - start
+        self.stats.dp_seconds += time.perf_counter() - mid
+        self._accumulator.reset()
+        self.last_solution, self.last_tables = solution, (errors, costs)
+        self.stats.solves += 1
+        self.stats.budget, self.stats.predicted_error = solution.budget, solution.error
+        self._apply(torch.from_numpy(solution.choice))
+        return solution
+
+    def load_decision(self, decision: Tensor) -> None:
+        """Adopt a decision computed elsewhere (rank 0's broadcast); ``ValueError`` if it does not fit the layers."""
+        if not isinstance(decision, Tensor) or decision.dtype != torch.int64 or decision.shape != self._decision.shape:
+            raise ValueError(f"a decision must be an int64 tensor of shape {tuple(self._decision.shape)}")
+        decision = decision.detach().cpu()
+        if decision.numel() and (int(decision.min()) < 0 or int(decision.max()) >= len(self.options)):
+            raise ValueError(f"decision indices must lie in [0, {len(self.options)}), got {decision.tolist()}")
+        rows = torch.arange(decision.numel())
+        if not np.isfinite(self._bytes[rows.numpy(), decision.numpy()]).all():
+            raise ValueError("the decision assigns an option to a layer it cannot compress")
+        self._apply(decision.clone())
+
+    def _apply(self, decision: Tensor) -> None:
+        self.stats.changed_layers += int((decision != self._decision).sum())
+        self._decision = decision
+        self._refresh_predictions()
+
+    def _refresh_predictions(self) -> None:
+        rows = np.arange(len(self.layer_names))
+        choice, default = self._decision.numpy(), self._defaults.numpy()
+        costs = cost_table(self.shapes, self.options, self.cost_model, self.world_size)
+        self.stats.predicted_cost = float(costs[rows, choice].sum())
+        self.stats.default_cost = float(costs[rows, default].sum())
+        self.stats.predicted_bytes = float(self._bytes[rows, choice].sum())
+        self.stats.default_bytes = float(self._bytes[rows, default].sum())
+
+    # -- queries ---------------------------------------------------------------------------------------
+
+    def decision(self) -> Tensor:
+        """The current decision (int64 option indices, one per layer)."""
+        return self._decision.clone()
+
+    def choices(self) -> dict[str, Option]:
+        """The current option of each layer, by name."""
+        return {n: self.options[i] for n, i in zip(self.layer_names, self._decision.tolist())}
+
+    def option_counts(self) -> dict[str, int]:
+        """How many layers use each option now."""
+        counts = dict.fromkeys((str(o) for o in self.options), 0)
+        for i in self._decision.tolist():
+            counts[str(self.options[i])] += 1
+        return counts
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, object]:
+        return {
+            "options": [str(o) for o in self.options],
+            "layers": list(self.layer_names),
+            "shapes": [list(s) for s in self.shapes],
+            "decision": self._decision.clone(),
+            "next_solve": self._next_solve,
+            "accumulator": self._accumulator.state_dict(),
+            "stats": self.stats.as_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        """Restore :meth:`state_dict` (registering its layers); ``ValueError`` if options or layers differ."""
+        keys = {"options", "layers", "shapes", "decision", "next_solve", "accumulator", "stats"}
+        if not isinstance(state, Mapping) or set(state) != keys:
+            raise ValueError(f"LGreCo state needs keys {sorted(keys)}, got {state!r:.200}")
+        if list(state["options"]) != [str(o) for o in self.options]:
+            raise ValueError(f"LGreCo state is for options {state['options']}, this policy has {self.options}")
+        layers, shapes = list(state["layers"]), [tuple(s) for s in state["shapes"]]
+        if self.layer_names and (layers != self.layer_names or shapes != self.shapes):
+            raise ValueError("LGreCo state is for other layers than the registered ones")
+        stats = dict(state["stats"])
+        if set(stats) != set(LGreCoStats.__dataclass_fields__):
+            raise ValueError(f"LGreCo stats need the fields of LGreCoStats, got {sorted(stats)}")
+        next_solve = _check_int(state["next_solve"], "next_solve", 1)
+        self.register(dict(zip(layers, shapes)))
+        self._accumulator.load_state_dict(state["accumulator"])
+        self.load_decision(state["decision"])
+        self.stats = LGreCoStats(**stats)
+        self._refresh_predictions()
+        self._next_solve = next_solve

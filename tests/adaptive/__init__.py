@@ -1,0 +1,1 @@
+"""Tests of commlib.adaptive (L-GreCo and Accordion)."""
