@@ -43,14 +43,16 @@ cuda-check: $(STAMP)
 	done; echo "cuda-check: every .cu compiles for sm_90"
 
 # The kernel tests once more against an AddressSanitizer build of commlib._C (built into build/asan, not the venv).
+# Python itself is not instrumented, so libasan is preloaded, and libstdc++ with it (ASan's __cxa_throw
+# interceptor must find the real one at start-up, or the first C++ exception aborts).
 ASAN_DIR := build/asan
 asan: $(STAMP)
 	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR) && cp -r commlib $(ASAN_DIR)/commlib && rm -f $(ASAN_DIR)/commlib/_C*.so
 	ASAN=1 $(PY) setup.py -q build_ext --build-lib $(ASAN_DIR) --build-temp $(ASAN_DIR)/tmp
-	cd $(ASAN_DIR) && LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" \
+	cd $(ASAN_DIR) && LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
 	  ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0:detect_odr_violation=0 \
 	  $(CURDIR)/$(PY) -c 'import commlib.ops as o; assert o.backend() == "cpp", o.backend(); print("asan build loaded")' && \
-	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" \
+	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
 	  ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0:detect_odr_violation=0 \
 	  $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider $(CURDIR)/tests/ops
 
