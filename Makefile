@@ -12,10 +12,10 @@ STAMP  := $(VENV)/.installed
 setup: $(STAMP)
 
 # torch first, pinned (a CPU build lies on disk); the rest afterwards so pip never resolves another torch.
-$(STAMP): setup.py pyproject.toml requirements-dev.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu)
+$(STAMP): setup.py pyproject.toml requirements-dev.txt constraints.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -r requirements-dev.txt
+	$(PIP) install -r requirements-dev.txt -c constraints.txt
 	$(PIP) install --no-build-isolation -e .
 	touch $@
 

@@ -8,6 +8,7 @@ from .powersgd import PowerSGD
 from .qsgd import QSGD
 from .randk import RandK
 from .sign import Sign
+from .sketch import FetchSGD, Sketch
 from .topk import TopK
 
 __all__ = [
@@ -15,12 +16,14 @@ __all__ = [
     "FP16",
     "QSGD",
     "Compressor",
+    "FetchSGD",
     "GatherCompressor",
     "Identity",
     "LinearCompressor",
     "PowerSGD",
     "RandK",
     "Sign",
+    "Sketch",
     "TensorContext",
     "TopK",
     "WireBytes",
