@@ -53,6 +53,7 @@ void fwht_inplace(float* __restrict__ v, int64_t n) {
 }
 
 constexpr int64_t kHashChunk = 2048;
+constexpr int64_t kParallelElements = 1 << 16;  // below this much work, one thread
 
 // Sorts each column t < len of the rows x stride matrix m (row-major),
 // ascending down the rows, by odd-even transposition sort.
@@ -164,7 +165,8 @@ void count_sketch_add_cpu(const at::Tensor& table, const at::Tensor& x, int64_t 
   const float* src = x.data_ptr<float>();
   float* dst = table.data_ptr<float>();
   const int64_t n = x.numel();
-  at::parallel_for(0, rows, 1, [&](int64_t first, int64_t last) {
+  // Small inputs stay on one thread: waking a pool costs more than the work.
+  at::parallel_for(0, rows, rows * n < kParallelElements ? rows : 1, [&](int64_t first, int64_t last) {
     std::vector<int32_t> bucket(kHashChunk);
     std::vector<float> value(kHashChunk);
     for (int64_t j = first; j < last; ++j) {
@@ -198,7 +200,8 @@ at::Tensor count_unsketch_cpu(const at::Tensor& table, int64_t seed, int64_t off
   const float* src = table.data_ptr<float>();
   float* dst = out.data_ptr<float>();
   const int64_t chunks = (length + kHashChunk - 1) / kHashChunk;
-  at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
+  at::parallel_for(0, chunks, std::max<int64_t>(1, kParallelElements / (rows * kHashChunk)),
+                   [&](int64_t first, int64_t last) {
     std::vector<int32_t> bucket(kHashChunk);
     std::vector<float> votes(rows * kHashChunk);
     for (int64_t c = first; c < last; ++c) {
@@ -232,7 +235,7 @@ at::Tensor srht_cpu(const at::Tensor& x, int64_t block, const at::Tensor& rows, 
   const float* src = x.data_ptr<float>();
   float* dst = out.data_ptr<float>();
   const float scale = hadamard_scale(block);
-  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+  at::parallel_for(0, blocks, std::max<int64_t>(1, kParallelElements / block), [&](int64_t first, int64_t last) {
     std::vector<float> v(block);
     for (int64_t b = first; b < last; ++b) {
       const int64_t begin = b * block;
@@ -266,7 +269,7 @@ at::Tensor srht_transpose_cpu(const at::Tensor& y, int64_t block, const at::Tens
   const float* src = y.data_ptr<float>();
   float* dst = out.data_ptr<float>();
   const float scale = hadamard_scale(block);
-  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+  at::parallel_for(0, blocks, std::max<int64_t>(1, kParallelElements / block), [&](int64_t first, int64_t last) {
     std::vector<float> v(block);
     for (int64_t b = first; b < last; ++b) {
       std::fill(v.begin(), v.end(), 0.0f);
