@@ -17,6 +17,19 @@ gradient tensors) at step ``t`` it builds one protocol:
 
 Dense ("cast") compressors — Identity, FP16, BF16 — take every tensor through
 their own native all-reduce, with no flag and no warm-up.
+
+With a ``policy`` (:class:`~commlib.adaptive.LGreCo`), the compressor of each
+tensor the policy registered is the one of its current option (each option
+built once, so per-tensor state such as PowerSGD's ``Q`` persists per
+(name, option)); ``fp32`` and unregistered tensors go dense, and ``compressor``
+is not used. Steps ``τ = step − start_step`` count compressed steps:
+
+4. In the window before a re-solve, rank 0 observes what the compressor is
+   about to see for every registered tensor (the error-feedback message when
+   there is feedback, else the gradient), on finite steps only.
+5. After the last bucket of step ``t`` (``last=True``), when a re-solve is due
+   at ``τ + 1``, rank 0 decides and the decision (int64 option indices) is
+   broadcast; every rank loads it, so it applies from the next step on.
 """
 
 from __future__ import annotations
@@ -28,13 +41,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..adaptive import LGreCo, Option
 from ..compress.base import Compressor, TensorContext
 from ..errors import StateDivergenceError
 from ..feedback.base import ErrorFeedback, require_local_compressor
-from .collectives import AllGather, AllReduce, Protocol, Round, as_round
+from .collectives import AllGather, AllReduce, Broadcast, Protocol, Round, as_round
 from .merge import fuse_round, merge, split_round
 
 __all__ = ["ExchangeConfig", "BucketReport", "GradientExchange", "adjacent_view"]
+
+_FP32 = Option("fp32")
 
 
 @dataclass(frozen=True)
@@ -73,6 +89,8 @@ class BucketReport:
     compressed_numel: int = 0
     dense_numel: int = 0
     non_finite: bool = False
+    policy_sent: int = 0  # bytes sent for the policy's tensors (as exchanged: dense in the warm-up)
+    policy_predicted: int = 0  # the same tensors priced at their current option (the policy's prediction)
 
 
 def _received(sent: int, world: int, gathered: bool) -> int:
@@ -123,13 +141,16 @@ class GradientExchange:
     """Per-rank engine: decides dense vs compressed per tensor and builds each bucket's protocol."""
 
     def __init__(self, compressor: Compressor, rank: int, world_size: int, config: ExchangeConfig | None = None,
-                 feedback: ErrorFeedback | None = None):
+                 feedback: ErrorFeedback | None = None, policy: LGreCo | None = None):
         if not isinstance(compressor, Compressor):
             raise TypeError(f"compressor must be a commlib Compressor, got {type(compressor).__name__}")
+        if policy is not None and not isinstance(policy, LGreCo):
+            raise TypeError(f"policy must be a commlib.adaptive.LGreCo, got {type(policy).__name__}")
         if feedback is not None:
             if not isinstance(feedback, ErrorFeedback):
                 raise TypeError(f"feedback must be a commlib ErrorFeedback, got {type(feedback).__name__}")
-            require_local_compressor(compressor)
+            for local in [compressor] if policy is None else [o.build() for o in policy.options if o != _FP32]:
+                require_local_compressor(local)
         self.feedback = feedback
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"invalid rank {rank} for world size {world_size}")
@@ -138,6 +159,43 @@ class GradientExchange:
         self.world_size = world_size
         self.config = config or ExchangeConfig()
         self._plan: dict[tuple[str, torch.Size], bool] = {}
+        self.policy = policy
+        self._built: dict[Option, Compressor] = {}
+
+    def register(self, shapes: dict[str, torch.Size]) -> None:
+        """Register with the policy the tensors it may choose for: 2-D and up, at least ``min_numel`` elements."""
+        if self.policy is None:
+            raise ValueError("register needs a policy")
+        self.policy.register({n: s for n, s in shapes.items() if len(s) >= 2 and s.numel() >= self.config.min_numel},
+                             world_size=self.world_size)
+
+    def policy_config(self) -> dict[str, object]:
+        """The policy's settings that every rank must share (for the config fingerprint)."""
+        p = self.policy
+        return {"options": [str(o) for o in p.options], "default": str(p.default_option), "period": p.period,
+                "window": p.window, "alpha": p.alpha, "bins": p.bins, "error_metric": p.error_metric,
+                "power_iterations": p.power_iterations, "seed": p.seed, "cost": p.cost_model.unit,
+                "layers": list(p.layer_names)}
+
+    def _build(self, option: Option) -> Compressor:
+        """The compressor of ``option``, built once (its per-tensor state persists across re-solves)."""
+        if option not in self._built:
+            self._built[option] = option.build()
+        return self._built[option]
+
+    def _chooser(self, step: int):
+        """``(name, shape) → compressor or None (dense)`` for ``step``; the policy's choices are read once."""
+        if step < self.config.start_step:
+            return lambda name, shape: None
+        if self.policy is None:
+            return lambda name, shape: self.compressor if self.compresses(name, shape) else None
+        choices = self.policy.choices()
+
+        def choose(name: str, shape: torch.Size) -> Compressor | None:
+            option = choices.get(name)
+            return None if option is None or option == _FP32 else self._build(option)
+
+        return choose
 
     def compresses(self, name: str, shape: torch.Size) -> bool:
         """Whether tensor ``name`` of ``shape`` goes through the compressor (after the warm-up)."""
@@ -152,14 +210,31 @@ class GradientExchange:
         return self._plan[key]
 
     def protocol(
-        self, named: Sequence[tuple[str, Tensor]], step: int, inplace: bool = False
+        self, named: Sequence[tuple[str, Tensor]], step: int, inplace: bool = False, last: bool = False
     ) -> Protocol[tuple[list[Tensor], BucketReport]]:
         """Protocol for one bucket: returns the averaged tensors (float32, same shapes) and its report.
 
         ``inplace=True`` hands the tensors over (the DDP hook's bucket, which DDP
         overwrites with the result anyway): the dense casts then reduce in them,
-        without a copy. Otherwise the inputs are never written.
+        without a copy. Otherwise the inputs are never written. ``last=True``
+        marks the step's last bucket: a due policy decision follows it (step 5).
         """
+        result = yield from self._bucket(named, step, inplace)
+        if last and self.policy is not None:
+            yield from self._adapt(step + 1 - self.config.start_step, named[0][1].device)
+        return result
+
+    def _adapt(self, tau: int, device: torch.device) -> Protocol[None]:
+        """When a re-solve is due at ``tau``: rank 0 decides, broadcasts the int64 decision, every rank loads it."""
+        if tau < 0 or not self.policy.should_solve(tau):
+            return
+        decision = self.policy.decide(tau)  # re-solves on the rank that observed (rank 0); the others skip
+        self.policy.load_decision((yield Broadcast(decision.to(device), src=0)).cpu())
+
+    def _bucket(
+        self, named: Sequence[tuple[str, Tensor]], step: int, inplace: bool
+    ) -> Protocol[tuple[list[Tensor], BucketReport]]:
+        """Steps 1–4 of the module docstring for one bucket."""
         if not named:
             raise ValueError("a bucket needs at least one tensor")
         for name, t in named:
@@ -167,18 +242,20 @@ class GradientExchange:
                 raise TypeError(f"gradient {name!r} has dtype {t.dtype}; commlib exchanges floating-point gradients")
         xs = [t.detach().to(torch.float32) for _, t in named]
         report = BucketReport(dense_fp32=4 * sum(x.numel() for x in xs))
-        if self.compressor.is_cast:
+        if self.compressor.is_cast and self.policy is None:
             return (yield from self._cast_protocol(named, xs, step, report, inplace))
-        warm = step >= self.config.start_step
-        compressed = [i for i, (name, x) in enumerate(zip([nm for nm, _ in named], xs))
-                      if warm and self.compresses(name, x.shape)]
+        choose = self._chooser(step)
+        chosen = [choose(name, x.shape) for (name, _), x in zip(named, xs)]
+        compressed = [i for i, c in enumerate(chosen) if c is not None]
         dense = sorted(set(range(len(xs))) - set(compressed))
         bad = not all(_finite(x) for x in xs)
+        mine = self._observe(named, xs, step, bad, report) if self.policy is not None else []
 
         # Round one: the dense tensors plus the non-finite flag, fused with every compressed protocol's first round.
         flag = torch.tensor([float(bad)], device=xs[0].device)
         dense_payload = torch.cat([xs[i].reshape(-1) for i in dense] + [flag])
-        started = [self._start(named[i][0], torch.zeros_like(xs[i]) if bad else xs[i], step) for i in compressed]
+        started = [self._start(chosen[i], named[i][0], torch.zeros_like(xs[i]) if bad else xs[i], step)
+                   for i in compressed]
         requests = [AllReduce(dense_payload, ordered=True)] + [r for _, first in started for r in as_round(first)]
         fused, slots = fuse_round(requests)
         parts = split_round((yield fused), slots)
@@ -193,14 +270,16 @@ class GradientExchange:
             total = yield AllReduce(everything, ordered=True)
             self._count(report, everything.numel(), gathered=True)
             report.non_finite = True
+            report.policy_sent = sum(4 * xs[i].numel() for i in mine)
             return self._split(total.div_(self.world_size), xs), report
 
         out: list[Tensor] = [torch.empty(0)] * len(xs)
         for i, mean in zip(dense, self._split(total_dense[:-1].div(self.world_size), [xs[i] for i in dense])):
             out[i] = mean
         if self.feedback is not None and self.config.feedback_warm_start and step == self.config.start_step - 1:
+            choose = self._chooser(self.config.start_step)
             for i in dense:
-                if self.compresses(named[i][0], xs[i].shape):
+                if choose(named[i][0], xs[i].shape) is not None:
                     self.feedback.warm_start(named[i][0], xs[i], out[i])
         resumed, cursor = [], 1
         for gen, first in started:
@@ -211,9 +290,11 @@ class GradientExchange:
         for i, mean in zip(compressed, (yield from merge(resumed))):
             out[i] = mean
             report.compressed_numel += xs[i].numel()
-            sent = self.compressor.wire_bytes(xs[i].shape).total
+            sent = chosen[i].wire_bytes(xs[i].shape).total
             report.sent += sent
             report.received += _received(sent, self.world_size, gathered=True)  # ordered reduces are gathers too
+        report.policy_sent = sum(4 * xs[i].numel() if chosen[i] is None else chosen[i].wire_bytes(xs[i].shape).total
+                                 for i in mine)
         if compressed and self._check_due(step):
             yield from self._check_consistent([named[i][0] for i in compressed], step)
         return out, report
@@ -233,20 +314,39 @@ class GradientExchange:
                 f"for some of {names} (this is rank {self.rank})"
             )
 
-    def _start(self, name: str, x: Tensor, step: int) -> tuple[Protocol, Round]:
+    def _observe(self, named: Sequence[tuple[str, Tensor]], xs: list[Tensor], step: int, bad: bool,
+                 report: BucketReport) -> list[int]:
+        """Rank 0's observation (step 4) when the policy wants one; returns the indices of the policy's tensors.
+
+        Also prices those tensors at their current options (``report.policy_predicted``).
+        """
+        choices = self.policy.choices()
+        mine = [i for i, (name, _) in enumerate(named) if name in choices]
+        report.policy_predicted = sum(choices[named[i][0]].wire_bytes(xs[i].shape) for i in mine)
+        tau = step - self.config.start_step
+        if self.rank == 0 and mine and not bad and tau >= 0 and self.policy.wants_gradients(tau):
+            if self.feedback is None:
+                seen = {named[i][0]: xs[i] for i in mine}
+            else:
+                seen = {named[i][0]: self.feedback.message(named[i][0], xs[i], self._context(named[i][0], step))
+                        for i in mine}
+            self.policy.observe(tau, seen)
+        return mine
+
+    def _start(self, compressor: Compressor, name: str, x: Tensor, step: int) -> tuple[Protocol, Round]:
         """Create tensor ``name``'s compressed protocol and run it to its first request."""
         ctx = self._context(name, step)
-        gen = self.compressor.exchange(x, ctx) if self.feedback is None else self._with_feedback(name, x, ctx)
+        gen = compressor.exchange(x, ctx) if self.feedback is None else self._with_feedback(compressor, name, x, ctx)
         return gen, next(gen)
 
-    def _with_feedback(self, name: str, g: Tensor, ctx: TensorContext) -> Protocol[Tensor]:
+    def _with_feedback(self, compressor: Compressor, name: str, g: Tensor, ctx: TensorContext) -> Protocol[Tensor]:
         """Error feedback around the exchange: compress ``message(g)``, then ``commit`` once the mean is known.
 
         The commit is the protocol's last act, so an abandoned exchange (a
         non-finite gradient somewhere) leaves the feedback state untouched.
         """
         message = self.feedback.message(name, g, ctx)
-        mean, local = yield from self.compressor.exchange_local(message, ctx)
+        mean, local = yield from compressor.exchange_local(message, ctx)
         return self.feedback.commit(name, g, local, mean)
 
     def _count(self, report: BucketReport, numel: int, gathered: bool) -> None:
@@ -278,14 +378,25 @@ class GradientExchange:
         return out
 
     def state_dict(self) -> dict[str, object]:
+        """Compressor and feedback state; with a policy, also its state and every built option's compressor state."""
         state: dict[str, object] = {"compressor": self.compressor.state_dict()}
         if self.feedback is not None:
             state["feedback"] = self.feedback.state_dict()
+        if self.policy is not None:
+            state["policy"] = self.policy.state_dict()
+            state["options"] = {str(o): c.state_dict() for o, c in self._built.items()}
         return state
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         if ("feedback" in state) != (self.feedback is not None):
             raise ValueError("checkpoint and exchange disagree on whether error feedback is used")
+        if ("policy" in state) != (self.policy is not None):
+            raise ValueError("checkpoint and exchange disagree on whether a policy is used")
         self.compressor.load_state_dict(state.get("compressor", {}))
         if self.feedback is not None:
             self.feedback.load_state_dict(state["feedback"])
+        if self.policy is not None:
+            self.policy.load_state_dict(state["policy"])
+            self._built = {}
+            for text, compressor_state in state["options"].items():  # type: ignore[union-attr]
+                self._build(Option.parse(text)).load_state_dict(compressor_state)

@@ -25,6 +25,8 @@ class StepStats:
     compressed_numel: int = 0
     dense_numel: int = 0
     non_finite_buckets: int = 0
+    policy_sent_bytes: int = 0  # bytes sent for an adaptive policy's tensors …
+    policy_predicted_bytes: int = 0  # … and what the policy's current choices predict for them
     compute_s: float = 0.0
     comm_s: float = 0.0
 
@@ -36,6 +38,8 @@ class StepStats:
         self.compressed_numel += report.compressed_numel
         self.dense_numel += report.dense_numel
         self.non_finite_buckets += int(report.non_finite)
+        self.policy_sent_bytes += report.policy_sent
+        self.policy_predicted_bytes += report.policy_predicted
         self.compute_s += compute_s
         self.comm_s += comm_s
 

@@ -6,7 +6,8 @@ For each bucket DDP hands over, the hook:
    state survives DDP's bucket rebuild after the first step;
 2. builds the bucket's protocol with the state's ``GradientExchange`` (dense
    warm-up, dense small tensors, compressed the rest, non-finite pass-through);
-   on the first step it is preceded by the config-fingerprint check;
+   on the first step it is preceded by the config-fingerprint check, and the
+   step's last bucket carries the adaptive policy's decision, when one is due;
 3. submits it to the state's ``OrderedIssuer``: bucket b+1 starts when bucket
    b has finished, so every rank issues its collectives in the same order, and
    the backward pass is never blocked;
@@ -29,12 +30,12 @@ from .state import CommState
 __all__ = ["hook"]
 
 
-def _protocol(state: CommState, named: list[tuple[str, torch.Tensor]], step: int) -> Protocol:
+def _protocol(state: CommState, named: list[tuple[str, torch.Tensor]], step: int, last: bool) -> Protocol:
     """The bucket's protocol, preceded on the first call by the config-fingerprint check."""
     if not state.verified:
         yield from verify_same_config(state.config(), state.rank, named[0][1].device)
         state.verified = True
-    return (yield from state.exchange.protocol(named, step, inplace=True))
+    return (yield from state.exchange.protocol(named, step, inplace=True, last=last))
 
 
 def hook(state: CommState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
@@ -47,7 +48,7 @@ def hook(state: CommState, bucket: dist.GradBucket) -> torch.futures.Future[torc
     if last:
         state.step += 1
     timing = Timing()
-    done = state.issuer.submit(lambda: _protocol(state, named, step), timing)  # hands the bucket over
+    done = state.issuer.submit(lambda: _protocol(state, named, step, last), timing)  # hands the bucket over
 
     def write_back(fut: Future) -> torch.Tensor:
         means, report = fut.value()

@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..adaptive import LGreCo
 from ..comm.exchange import ExchangeConfig, GradientExchange
 from ..comm.stats import CommStats
 from ..comm.torch_driver import OrderedIssuer
@@ -42,6 +43,9 @@ class CommState:
         feedback_warm_start: with feedback, start ``hᵢ = gᵢ``, ``h = mean g`` from the last dense step.
         check_every: with feedback, compare a digest of ``h`` across ranks every so many steps
             (0: never) and raise ``StateDivergenceError`` on a difference.
+        policy: an :class:`~commlib.adaptive.LGreCo` choosing each tensor's compressor (then
+            ``compressor`` is not used); it is registered with the model's tensors of 2 and more
+            dimensions and at least ``min_numel`` elements, and its state is part of ``state_dict()``.
 
     Example::
 
@@ -64,6 +68,7 @@ class CommState:
         log_every: int = 0,
         feedback_warm_start: bool = False,
         check_every: int = 0,
+        policy: LGreCo | None = None,
     ) -> None:
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError("CommState needs an initialised torch.distributed process group")
@@ -83,7 +88,10 @@ class CommState:
             ExchangeConfig(seed=seed, start_step=start_step, min_compression_rate=min_compression_rate,
                            min_numel=min_numel, feedback_warm_start=feedback_warm_start, check_every=check_every),
             feedback,
+            policy,
         )
+        if policy is not None:
+            self.exchange.register({n: p.shape for n, p in self.parameters.items() if p.requires_grad})
         self.issuer = OrderedIssuer(process_group)
         self.stats = CommStats(log_every)
         self.step = 0
@@ -93,10 +101,16 @@ class CommState:
     def compressor(self) -> Compressor:
         return self.exchange.compressor
 
+    @property
+    def policy(self) -> LGreCo | None:
+        return self.exchange.policy
+
     def config(self) -> dict[str, object]:
         """Plain values that must agree on every rank (the fingerprint's input)."""
         cfg = self.exchange.config
+        policy = {} if self.policy is None else {"policy": self.exchange.policy_config()}
         return {
+            **policy,
             "compressor": self.compressor.config(),
             "feedback": self.exchange.feedback.config() if self.exchange.feedback is not None else None,
             "seed": cfg.seed,

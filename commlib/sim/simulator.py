@@ -6,6 +6,10 @@ Each virtual worker owns its own :class:`~commlib.comm.exchange.GradientExchange
 :func:`~commlib.comm.local.run_lockstep`, which computes every collective
 locally with the same reductions as the torch.distributed driver. With the same
 seeds, a simulated run and a DDP run end with bitwise-identical parameters (CPU).
+
+With an adaptive ``policy`` every worker holds its own copy, registered at the
+first exchange from worker 0's tensors; worker 0 observes and decides, and the
+decision reaches the others through the protocol's broadcast, as under DDP.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..adaptive import LGreCo
 from ..comm.exchange import ExchangeConfig, GradientExchange
 from ..comm.local import run_lockstep
 from ..comm.stats import CommStats
@@ -41,13 +46,15 @@ class Simulator:
         min_numel: int = 256,
         feedback_warm_start: bool = False,
         check_every: int = 0,
+        policy: LGreCo | None = None,
     ) -> None:
         if n_workers < 1:
             raise ValueError(f"n_workers must be >= 1, got {n_workers}")
         config = ExchangeConfig(seed=seed, start_step=start_step, min_compression_rate=min_compression_rate,
                                 min_numel=min_numel, feedback_warm_start=feedback_warm_start, check_every=check_every)
         self.workers = [
-            GradientExchange(copy.deepcopy(compressor), r, n_workers, config, copy.deepcopy(feedback))
+            GradientExchange(copy.deepcopy(compressor), r, n_workers, config, copy.deepcopy(feedback),
+                             copy.deepcopy(policy))
             for r in range(n_workers)
         ]
         self.n_workers = n_workers
@@ -61,7 +68,10 @@ class Simulator:
         """
         if len(grads) != self.n_workers:
             raise ValueError(f"expected gradients of {self.n_workers} workers, got {len(grads)}")
-        results = run_lockstep([w.protocol(g, self.step) for w, g in zip(self.workers, grads)])
+        for w in self.workers:
+            if w.policy is not None and not w.policy.layer_names:
+                w.register({name: g.shape for name, g in grads[0]})
+        results = run_lockstep([w.protocol(g, self.step, last=True) for w, g in zip(self.workers, grads)])
         means, report = results[0]
         for rank, (other, _) in enumerate(results[1:], start=1):
             if any(not torch.equal(a, b) for a, b in zip(means, other)):
@@ -70,6 +80,11 @@ class Simulator:
         self.stats.end_step(self.step)
         self.step += 1
         return means
+
+    @property
+    def policy(self) -> LGreCo | None:
+        """Worker 0's policy (the deciding one)."""
+        return self.workers[0].policy
 
     def state_dict(self) -> dict[str, object]:
         return {"step": self.step, "workers": [w.state_dict() for w in self.workers]}
