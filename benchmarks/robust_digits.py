@@ -28,9 +28,10 @@ Outputs: ``benchmarks/results/robust_digits.json`` (every run), ``robust_digits.
 Run: ``PYTHONPATH=. python benchmarks/robust_digits.py [--jobs 2] [--quick]``.
 
 Time: the optimal attacks cost ``--opt-evals`` + 1 aggregations per step and take about 70% of
-the full run (966 runs). On our shared 2-core machine (load average 5–14 from other jobs) the
-full run took 50 min with 2 processes (99 core-minutes in the runs) and ``--quick`` 3.3 min;
-``--opt-evals 4 --steps 60`` should about halve it (estimated from the per-run times, not measured).
+the full run (966 runs). On our shared 2-core machine the full run took 20 min with 2 processes
+(load average 1.5–5.6 from other jobs; 40 core-minutes in the runs) and 50 min at load 5–14,
+with bitwise the same results; ``--quick`` took 3.3 min. ``--opt-evals 4 --steps 60`` should
+bring the full run to about 10 min (estimated from the per-run times, not measured).
 """
 
 from __future__ import annotations
