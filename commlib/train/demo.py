@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{'hook':<18}{'bytes/step':>12}{'ratio':>8}{'accuracy':>10}{'time (s)':>10}")
         for name, sent, ratio, acc, secs in rows:
             print(f"{name:<18}{sent:>12.0f}{ratio:>7.1f}x{acc:>10.3f}{secs:>10.2f}")
+    dist.barrier()  # every rank's last collective has completed before any rank tears its group down
     dist.destroy_process_group()
 
 

@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
             with open(args.json, "w") as f:
                 json.dump({"aggregate": args.aggregate, "attack": args.attack, "byzantine": args.byzantine,
                            "accuracy": accuracy}, f)
+    dist.barrier()  # every rank's last collective has completed before any rank tears its group down
     dist.destroy_process_group()
 
 
