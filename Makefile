@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup bench lint clean cuda-check asan
+.PHONY: demo test setup bench lint clean cuda-check asan docs bench-netem
 
 setup: $(STAMP)
 
@@ -20,13 +20,18 @@ $(STAMP): setup.py pyproject.toml requirements-dev.txt constraints.txt $(wildcar
 	touch $@
 
 demo: $(STAMP)
-	$(VENV)/bin/torchrun --standalone --nproc-per-node=4 -m commlib.train.demo
+	$(PY) -m commlib.cli demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/hooks_cpu.py
+
+# Real DDP training across network namespaces joined by tc-shaped veths (root; without root: unshaped loopback).
+# Writes benchmarks/results/netem.json and netem.png; NETEM_ARGS=--quick for a smoke run.
+bench-netem: $(STAMP)
+	$(PY) benchmarks/netem/netem_driver.py $(NETEM_ARGS)
 
 # Compile every CUDA source to an object for sm_90 against torch's headers (no GPU needed). A CPU-only torch
 # lacks one generated header, c10/cuda/impl/cuda_cmake_macros.h; a stand-in is written to build/cuda-check/shim.
@@ -55,6 +60,17 @@ asan: $(STAMP)
 	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
 	  ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0:detect_odr_violation=0 \
 	  $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider $(CURDIR)/tests/ops
+
+# The documentation site (mkdocs.yml): its packages into .venv, then a strict build into site/. The API pages are read
+# from the sources (griffe), so neither torch nor the extension is needed and `make docs` never rebuilds commlib.
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): requirements-docs.txt constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -r requirements-docs.txt -c constraints.txt
+	touch $@
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d site/
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check commlib tests benchmarks examples

@@ -1,74 +1,74 @@
-"""Uniform top-k vs L-GreCo on the digits MLP in the simulator: bytes sent and final accuracy over seeds.
+"""Uniform vs L-GreCo vs Accordion on the digits MLP (4 simulated workers): bytes sent and test accuracy.
 
-For each seed and method:
+For each family (top-k 0.1 with EF14, QSGD 4 bits, PowerSGD rank 4), method and seed
+(see :mod:`lgreco_compare` for the methods):
 
-1. build the digits MLP and the 4-worker simulator (uniform ``TopK``, or ``policy=LGreCo`` around that default);
-2. train ``--steps`` steps with :func:`commlib.train.train_simulated`;
-3. record the bytes worker 0 sent, the test accuracy and, for L-GreCo, the final per-option layer counts.
+1. build the digits MLP (64-256-256-10) and the 4-worker simulator of the method;
+2. train ``--steps`` steps with :func:`commlib.train.train_simulated` (SGD, lr 0.1, momentum 0.9,
+   16 samples per worker); the policies decide every ``--period`` compressed steps from the
+   gradients (plus error feedback) summed over the ``--window`` steps before;
+3. record the bytes worker 0 sent over the whole run (dense warm-up and the uniform steps before
+   the first decision included), the last step's bytes, and the test accuracy.
 
-Writes ``benchmarks/results/lgreco_digits.json`` and ``.md``. Run: ``PYTHONPATH=. python benchmarks/lgreco_digits.py``.
+Writes ``benchmarks/results/lgreco_digits{_quick}.json``, ``.md`` and ``.png``.
+Run: ``PYTHONPATH=. python benchmarks/lgreco_digits.py [--quick]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-from pathlib import Path
+import time
 
 import torch
+from lgreco_compare import FAMILIES, METHODS, RESULTS, describe, make_simulator, markdown, plot, run_all, summarize
 
-from commlib.adaptive import LGreCo
-from commlib.compress import Identity, TopK
-from commlib.sim import Simulator
 from commlib.train import TrainConfig, load_digits, make_optimizer, mlp, train_simulated
 
-RESULTS = Path(__file__).parent / "results"
 
-
-def run(method: str, seed: int, steps: int, density: float, period: int) -> dict[str, object]:
-    """One training run; returns its bytes, accuracy and (L-GreCo) choices."""
+def run(family: str, method: str, seed: int, args: argparse.Namespace) -> dict[str, object]:
+    """One training run: its bytes, accuracy and the policy's final choices."""
     model = mlp(hidden=256, seed=seed)
-    cfg = TrainConfig(steps=steps, seed=seed)
-    if method == "uniform":
-        sim = Simulator(TopK(density=density), 4, seed=seed)
-    else:
-        alpha = float(method.split("=")[1])
-        sim = Simulator(Identity(), 4, seed=seed, policy=LGreCo(period=period, window=min(10, period),
-                                                                  default_option=f"topk:{density}", alpha=alpha))
+    cfg = TrainConfig(steps=args.steps, seed=seed)
+    sim = make_simulator(method, FAMILIES[family], seed, 4, args.period, args.window)
+    start = time.perf_counter()
     result = train_simulated(model, make_optimizer(model, cfg), load_digits(), cfg, sim)
-    out: dict[str, object] = {"method": method, "seed": seed, "accuracy": result.accuracy,
-                              "sent_bytes": sim.stats.total.sent_bytes}
-    if sim.policy is not None:
-        out["option_counts"] = sim.policy.option_counts()
-        out["predicted_bytes_per_step"] = sim.policy.stats.predicted_bytes
-        out["default_bytes_per_step"] = sim.policy.stats.default_bytes
-    return out
+    return {"family": family, "method": method, "seed": seed, "accuracy": result.accuracy,
+            "seconds": time.perf_counter() - start, **describe(sim)}
+
+
+
+def _run_task(task: tuple) -> dict:
+    return run(*task)
 
 
 def main() -> None:
-    """Run every method × seed, then write the JSON and the markdown table."""
+    """Run every family × method × seed, then write the JSON, the markdown table and the plot."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--density", type=float, default=0.1)
-    parser.add_argument("--period", type=int, default=40)
-    parser.add_argument("--alphas", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--period", type=int, default=20)
+    parser.add_argument("--window", type=int, default=10)
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 40 steps, 2 seeds, period 10, window 5")
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.seeds, args.period, args.window = 40, 2, 10, 5
     torch.set_num_threads(1)
-    methods = ["uniform"] + [f"lgreco:alpha={a:g}" for a in args.alphas]
-    runs = [run(m, s, args.steps, args.density, args.period) for m in methods for s in range(args.seeds)]
+    tasks = [(family, method, seed, args) for family in args.families for method in METHODS
+             for seed in range(args.seeds)]
+    runs = run_all(_run_task, tasks, args.jobs)
+    rows = summarize(runs, "accuracy", higher_is_better=True)
+    name = "lgreco_digits_quick" if args.quick else "lgreco_digits"
+    header = (f"digits MLP (64-256-256-10), 4 simulated workers, {args.steps} steps, α = 1, period "
+              f"{args.period}, window {args.window}; mean over {args.seeds} seeds (bytes include the dense warm-up "
+              f"and the uniform steps before the first decision)")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "lgreco_digits.json").write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
-    lines = [f"digits MLP (64-256-256-10), 4 simulated workers, {args.steps} steps, top-k default "
-             f"{args.density}, L-GreCo period {args.period}; mean over {args.seeds} seeds", "",
-             "| method | MB sent (worker 0) | accuracy |", "|---|---|---|"]
-    for m in methods:
-        mine = [r for r in runs if r["method"] == m]
-        lines.append(f"| {m} | {statistics.mean(r['sent_bytes'] for r in mine) / 1e6:.2f} | "
-                     f"{statistics.mean(r['accuracy'] for r in mine):.4f} |")
-    (RESULTS / "lgreco_digits.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    (RESULTS / f"{name}.json").write_text(json.dumps({"args": vars(args), "summary": rows, "runs": runs}, indent=1))
+    (RESULTS / f"{name}.md").write_text(markdown(rows, "accuracy", header))
+    plot(runs, "accuracy", header.split(";")[0], RESULTS / f"{name}.png")
+    print(markdown(rows, "accuracy", header))
 
 
 if __name__ == "__main__":

@@ -9,16 +9,24 @@ FetchSGD, whose momentum lives in the sketch), the exchange's defaults (2 dense
 warm-up steps; 1-D biases, 266 values, always dense). Every method runs at each
 learning rate of its grid (:func:`methods`); the table reports the rate with the lowest training
 loss (mean of the last 30 steps) and its test accuracy. A diverged run counts
-as accuracy 0.1.
+as accuracy 0.1. The unbiased sketches and FetchSGD share one grid (``SHARED``),
+so their comparison is tuned alike; at its best rate each method of that
+comparison is rerun with ``--seeds`` (mean ± spread over seeds: model init, data order,
+sketch seeds).
 
 Part 1 — s = d/20 and d/100 (``--ratios``): ``Sketch`` unbiased with block SRHT,
 count sketch (1 row) and block Gaussian (blocks of 512: faster to draw);
 EF-projection (orthonormal SRHT + ``EF14``); FetchSGD (5 rows, k = d/(5·ratio),
-the same bytes as the sketch) per tensor, as the exchange runs it, and
+the same bytes as the sketch, k = the columns per row) per tensor, as the exchange runs it, and
 model-wide (the whole gradient flattened into one tensor and one sketch, as
 Rothchild et al. run it); top-k + EF14 at density 1/(2·ratio) (8 bytes per
 entry: the same bytes again); uncompressed fp32. Bytes are those one worker
 sends in a compressed step (``CommStats``, the last step).
+
+Heavy hitters: why FetchSGD loses here. On the gradient and the momentum of an
+uncompressed run (steps 0, 100, 200), the share of ‖g‖² in the top k
+coordinates and how many of those top k a 5-row count sketch of the same bytes
+recovers (``heavy_hitters``).
 
 Part 2 — DP (sample level): per-sample gradients (``torch.func``) clipped to
 C = 1, summed per worker, the whole model sent as one tensor through
@@ -31,7 +39,7 @@ has a privacy cost of its own that this table does not account).
 
 Outputs: ``benchmarks/results/sketch_digits.json`` (every run, per-epoch ε) and
 ``sketch_digits.md`` (tables). Run: ``PYTHONPATH=. python benchmarks/sketch_digits.py``
-(about 10 minutes on 2 busy cores; ``--quick`` for a smoke run).
+(33 minutes with ``--reuse-dp`` on 2 busy cores; ``--quick`` for a smoke run).
 """
 
 from __future__ import annotations
@@ -45,9 +53,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from commlib import ops
 from commlib.compress import Compressor, Identity, TopK
-from commlib.compress.sketch import FetchSGD, Sketch
-from commlib.errors import ProtocolMismatchError
+from commlib.compress.sketch import FetchSGD, Sketch, unsketch_topk
+from commlib.errors import ProtocolMismatchError, WireFormatError
 from commlib.feedback import EF14
 from commlib.privacy import DPSketch, PrivacyAccountant, clip_per_sample, noise_multiplier_for, per_sample_gradients
 from commlib.sim import Simulator
@@ -58,22 +67,24 @@ RESULTS = Path(__file__).parent / "results"
 WORKERS = 4
 DELTA = 1e-5
 MAX_NORM = 1.0
-LARGE = [0.3, 0.1, 0.03]  # learning rates for FetchSGD
+SHARED = [0.3, 0.1, 0.03, 0.01, 0.003]  # one learning-rate grid for the unbiased sketches and FetchSGD
+COMPARED = ("srht unbiased", "countsketch unbiased", "FetchSGD per tensor", "FetchSGD model-wide",
+            "top-k + EF14 (same bytes)")  # rerun with every seed at their best rate
 
 
 def methods(ratio: float) -> dict[str, tuple[Compressor, object, float, list[float]]]:
     """name -> (compressor, feedback, optimizer momentum, learning rates) at s = d/ratio.
 
-    The rate grids bracket each method's best rate (found in a pilot run): the
-    unbiased sketches need rates about s/d smaller, FetchSGD larger ones.
+    The unbiased sketches and FetchSGD share ``SHARED``; the other grids
+    bracket each method's best rate (found in a pilot run).
     """
     small = [0.03, 0.01, 0.003]
     return {
-        "srht unbiased": (Sketch(ratio=ratio, family="srht"), None, 0.9, small),
-        "countsketch unbiased": (Sketch(ratio=ratio, family="countsketch"), None, 0.9, small),
+        "srht unbiased": (Sketch(ratio=ratio, family="srht"), None, 0.9, SHARED),
+        "countsketch unbiased": (Sketch(ratio=ratio, family="countsketch"), None, 0.9, SHARED),
         "gaussian unbiased (block 512)": (Sketch(ratio=ratio, family="gaussian", block=512), None, 0.9, small),
         "EF-projection (srht + EF14)": (Sketch(ratio=ratio, mode="projection"), EF14(), 0.9, small),
-        "FetchSGD per tensor": (FetchSGD(ratio=ratio, rows=5, density=1 / (5 * ratio)), None, 0.0, LARGE),
+        "FetchSGD per tensor": (FetchSGD(ratio=ratio, rows=5, density=1 / (5 * ratio)), None, 0.0, SHARED),
         "top-k + EF14 (same bytes)": (TopK(density=1 / (2 * ratio)), EF14(), 0.9, [0.1, 0.03, 0.01]),
     }
 
@@ -86,7 +97,7 @@ def run(compressor: Compressor, feedback, momentum: float, lr: float, data: Data
     try:
         result = train_simulated(model, opt, data, cfg, sim)
         accuracy, losses = result.accuracy, result.losses
-    except ProtocolMismatchError:  # NaN means differ from themselves: the run diverged
+    except (ProtocolMismatchError, WireFormatError):  # NaN means differ, or a sum overflowed: diverged
         accuracy, losses = float("nan"), [float("nan")]
     tail = losses[-30:]
     loss = sum(tail) / len(tail)
@@ -149,7 +160,7 @@ def train_flat(sim: Simulator, message, scale: float, lr: float, momentum: float
             epoch += 1
             if after_epoch is not None:
                 after_epoch(step)
-    except ProtocolMismatchError:  # NaN means differ from themselves: the run diverged
+    except (ProtocolMismatchError, WireFormatError):  # NaN means differ, or a sum overflowed: diverged
         losses.append(float("nan"))
     tail = losses[-30:]
     loss = sum(tail) / len(tail)
@@ -171,7 +182,7 @@ def fetchsgd_model_wide(ratio: float, lr: float, data: Dataset, cfg: TrainConfig
 def dp_train(ratio: float, z: float, lr: float, data: Dataset, cfg: TrainConfig) -> dict:
     """Sample-level DP-SGD through DPSketch (every value through the mechanism); records ε after every epoch."""
     mech = DPSketch(noise_multiplier=z, max_norm=MAX_NORM, noise_seed=cfg.seed + 1, ratio=ratio, clip=False)
-    sim = Simulator(mech, WORKERS, seed=cfg.seed, start_step=0, min_numel=1, min_compression_rate=0)
+    sim = Simulator(mech, WORKERS, seed=cfg.seed)  # DPSketch is private: every step and value goes through it
     global_batch = WORKERS * cfg.batch_per_worker
     q = global_batch / len(data.y_train)
     accountant, epsilons = PrivacyAccountant(), []
@@ -183,6 +194,48 @@ def dp_train(ratio: float, z: float, lr: float, data: Dataset, cfg: TrainConfig)
 
     result = train_flat(sim, clipped_sum, WORKERS / global_batch, lr, cfg.momentum, data, cfg, account)
     return {**result, "z": z, "epsilon_per_epoch": epsilons}
+
+
+def heavy_hitters(data: Dataset, ratios: list[float], steps: tuple[int, ...] = (0, 100, 200)) -> list[dict]:
+    """Can a 5-row count sketch of s = d/ratio cells find the top k of the whole model's gradient (and momentum)?
+
+    Along an uncompressed run (global batch 64, SGD lr 0.1, momentum 0.9), at each of ``steps``, for
+    k = cols (FetchSGD's setting here) and cols/10: the share of ‖v‖² in the true top k, the share of
+    the true top k that :func:`unsketch_topk` returns, and ‖v[found] − estimates‖/‖v[found]‖.
+    """
+    model = mlp(features=data.features, classes=data.classes, seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    batches = list(global_batches(len(data.y_train), WORKERS * 16, 0, 0))
+    momentum, rows, seed, out = None, 5, 1234, []
+    for step in range(max(steps) + 1):
+        batch = batches[step % len(batches)]
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(data.x_train[batch]), data.y_train[batch]).backward()
+        g = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+        momentum = g.clone() if momentum is None else momentum.mul_(0.9).add_(g)
+        opt.step()
+        if step not in steps:
+            continue
+        for vector, v in (("gradient", g), ("momentum", momentum)):
+            for ratio in ratios:
+                cols = max(1, round(v.numel() / (rows * ratio)))
+                table = torch.zeros(rows, cols)
+                ops.count_sketch_add_(table, v, seed)
+                for k in (cols, max(1, cols // 10)):
+                    _, true_idx = ops.topk_magnitude(v, k)
+                    est, found = unsketch_topk(table, seed, v.numel(), k)
+                    truth = set(true_idx.tolist())
+                    out.append({"step": step, "vector": vector, "ratio": ratio, "cols": cols, "k": k,
+                                "top_k_energy": float(v[true_idx.long()].square().sum() / v.square().sum()),
+                                "recall": sum(i in truth for i in found.tolist()) / k,
+                                "value_error": float((v[found] - est).norm() / v[found].norm())})
+    return out
+
+
+def seed_spread(runs: list[dict]) -> str:
+    """``mean ± half-range`` of the accuracies of ``runs`` (one per seed)."""
+    accs = [r["accuracy"] for r in runs]
+    return f"{sum(accs) / len(accs):.3f} ± {(max(accs) - min(accs)) / 2:.3f}"
 
 
 def markdown(res: dict) -> str:
@@ -203,16 +256,25 @@ def markdown(res: dict) -> str:
             acc = "diverged" if b["diverged"] else f"{b['accuracy']:.3f}"
             lines.append(f"| {name} | d/{ratio} | {b['lr']} | {acc} | {b['sent_bytes_per_step']:.0f} | "
                          f"{b['ratio_vs_fp32']:.1f} |")
-    lines += ["", "## FetchSGD vs unbiased sketch at equal bytes", "",
-              "| s | srht unbiased | countsketch unbiased | FetchSGD per tensor | FetchSGD model-wide | "
-              "top-k + EF14 |", "|---|---|---|---|---|---|"]
+    seeds = res["config"]["seeds"]
+    lines += ["", f"## FetchSGD vs unbiased sketch at equal bytes (seeds {seeds}: mean ± half-range)", "",
+              "Each method at its best rate on seed 0 (the unbiased sketches and FetchSGD from one grid, "
+              f"{SHARED}); cells: accuracy, then the final training loss of seed 0 and the bytes.", "",
+              "| s | " + " | ".join(COMPARED) + " |", "|---|" + "---|" * len(COMPARED)]
     for ratio, table in res["sketch"].items():
         cells = []
-        for k in ("srht unbiased", "countsketch unbiased", "FetchSGD per tensor", "FetchSGD model-wide",
-                  "top-k + EF14 (same bytes)"):
+        for k in COMPARED:
             b = best_of(table[k])
-            cells.append(f"{b['accuracy']:.3f} ({b['sent_bytes_per_step']:.0f} B)")
+            loss = "diverged" if b["diverged"] else f"{b['train_loss']:.3f}"
+            cells.append(f"{seed_spread([b, *res['seeds'][ratio][k]])} (lr {b['lr']}, loss {loss}, "
+                         f"{b['sent_bytes_per_step']:.0f} B)")
         lines.append(f"| d/{ratio} | " + " | ".join(cells) + " |")
+    lines += ["", "## Heavy hitters: can a 5-row count sketch of the same bytes find the top k? (`heavy_hitters`)", "",
+              "| step | vector | s | cols | k | share of ‖v‖² in top k | top k found | value error |",
+              "|---|---|---|---|---|---|---|---|"]
+    for h in res["heavy_hitters"]:
+        lines.append(f"| {h['step']} | {h['vector']} | d/{h['ratio']:g} | {h['cols']} | {h['k']} | "
+                     f"{h['top_k_energy']:.3f} | {h['recall']:.3f} | {h['value_error']:.2f} |")
     lines += ["", f"## Accuracy vs ε (sample-level DP, C = {MAX_NORM}, δ = {DELTA}, q = {res['dp_q']:.4f})", "",
               "| ε target | z | " + " | ".join(f"{'DP-SGD (no sketch)' if r == 1 else f'DP sketch d/{r}'}"
                                              for r in cfg["dp_ratios"]) + " | ε after each epoch |",
@@ -223,6 +285,8 @@ def markdown(res: dict) -> str:
         shown = ", ".join("∞" if e is None else f"{e:.2f}" for e in trail)
         lines.append(f"| {eps} | {best[0]['z']:.3f} | " + " | ".join(f"{b['accuracy']:.3f} (lr {b['lr']})"
                                                                     for b in best) + f" | {shown} |")
+    if res.get("dp_reused_from"):
+        lines += ["", f"(DP rows reused from {res['dp_reused_from']}: the DP code path is unchanged.)"]
     lines += ["", f"Total time: {res['elapsed_s']:.0f} s.", ""]
     return "\n".join(lines)
 
@@ -235,16 +299,20 @@ def main() -> None:
     parser.add_argument("--dp-ratios", type=int, nargs="+", default=[1, 20, 100])
     parser.add_argument("--dp-lrs", type=float, nargs="+", default=[0.1, 0.01])
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 4.0, 8.0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the equal-bytes comparison")
+    parser.add_argument("--reuse-dp", action="store_true", help="keep the DP rows of the existing JSON")
     parser.add_argument("--quick", action="store_true", help="40 steps, one learning rate: a smoke run")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.lrs, args.dp_lrs, args.epsilons, args.ratios = 40, [0.03], [0.1], [4.0], [20.0]
+        args.seeds = [0, 1]
     torch.set_num_threads(1)
     start = time.perf_counter()
     data = load_digits()
     cfg = TrainConfig(steps=args.steps)
     d = sum(p.numel() for p in mlp(features=data.features, classes=data.classes).parameters())
-    res: dict[str, object] = {"config": vars(args), "d": d, "sketch": {}, "dp": {}}
+    res: dict[str, object] = {"config": vars(args), "d": d, "sketch": {}, "seeds": {}, "dp": {}}
+    res["heavy_hitters"] = heavy_hitters(data, args.ratios)
     base = [run(Identity(), None, 0.9, lr, data, cfg) for lr in (args.lrs or [0.1, 0.03])]
     res["uncompressed"] = best_of(base)
     for ratio in args.ratios:
@@ -254,11 +322,27 @@ def main() -> None:
             b = best_of(table[name])
             print(f"[{time.perf_counter() - start:6.1f}s] d/{ratio:g} {name}: acc {b['accuracy']:.3f} "
                   f"(lr {b['lr']}), {b['sent_bytes_per_step']:.0f} B/step", flush=True)
-        table["FetchSGD model-wide"] = [fetchsgd_model_wide(ratio, lr, data, cfg) for lr in (args.lrs or LARGE)]
+        table["FetchSGD model-wide"] = [fetchsgd_model_wide(ratio, lr, data, cfg) for lr in (args.lrs or SHARED)]
         res["sketch"][f"{ratio:g}"] = table
+        res["seeds"][f"{ratio:g}"] = reruns = {}
+        for name in COMPARED:
+            lr = best_of(table[name])["lr"]
+            others = [TrainConfig(steps=args.steps, seed=seed) for seed in args.seeds if seed != cfg.seed]
+            if name == "FetchSGD model-wide":
+                reruns[name] = [fetchsgd_model_wide(ratio, lr, data, c) for c in others]
+            else:
+                compressor, feedback, momentum, _ = methods(ratio)[name]
+                reruns[name] = [run(compressor, feedback, momentum, lr, data, c) for c in others]
+            print(f"[{time.perf_counter() - start:6.1f}s] d/{ratio:g} {name} seeds {args.seeds}: "
+                  f"{seed_spread([best_of(table[name]), *reruns[name]])}", flush=True)
     q = WORKERS * cfg.batch_per_worker / len(data.y_train)
     res["dp_q"] = q
-    for eps in [math.inf, *args.epsilons]:
+    if args.reuse_dp:
+        previous = json.loads((RESULTS / "sketch_digits.json").read_text())
+        res["dp"], res["dp_reused_from"] = previous["dp"], "the previous sketch_digits.json"
+        res["config"]["dp_ratios"], res["config"]["epsilons"] = (previous["config"]["dp_ratios"],
+                                                                 previous["config"]["epsilons"])
+    for eps in [] if args.reuse_dp else [math.inf, *args.epsilons]:
         z = 0.0 if math.isinf(eps) else noise_multiplier_for(eps, DELTA, q, args.steps)
         row = {str(r): [dp_train(r, z, lr, data, cfg) for lr in args.dp_lrs] for r in args.dp_ratios}
         res["dp"]["∞ (clip only)" if math.isinf(eps) else f"{eps:g}"] = row

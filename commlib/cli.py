@@ -1,8 +1,14 @@
 """The ``commlib`` command: one entry point, one subcommand per job.
 
-``commlib simulate ...`` runs the straggler simulator (:mod:`commlib.cli_simulate`);
-``commlib robust ...`` is the Byzantine-robust trainer, meant for ``torchrun``
-(:mod:`commlib.train.robust`). ``commlib <command> --help`` explains each.
+* ``commlib demo`` — four local workers: compression, a straggler, a Byzantine worker; a table and a plot
+  (:mod:`commlib.train.demo`);
+* ``commlib train`` — the reference trainer under torchrun, mpiexec or ``--spawn N`` (:mod:`commlib.train.trainer`);
+* ``commlib simulate`` — the straggler simulator (:mod:`commlib.cli_simulate`);
+* ``commlib bench`` — lists and runs the scripts of ``benchmarks/`` (:mod:`commlib.cli_bench`);
+* ``commlib report`` — plots JSON-lines training logs (:mod:`commlib.cli_report`);
+* ``commlib robust`` — the Byzantine-robust trainer of :mod:`commlib.train.robust` (under torchrun).
+
+``commlib <command> --help`` explains each.
 """
 
 from __future__ import annotations
@@ -10,13 +16,39 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from .errors import CommlibError
+
 __all__ = ["main"]
+
+
+def _demo(argv: list[str]) -> int:
+    from .train.demo import main as demo
+
+    return demo(argv)
+
+
+def _train(argv: list[str]) -> int:
+    from .train.trainer import main as train
+
+    return train(argv)
 
 
 def _simulate(argv: list[str]) -> int:
     from .cli_simulate import main as simulate
 
     return simulate(argv)
+
+
+def _bench(argv: list[str]) -> int:
+    from .cli_bench import main as bench
+
+    return bench(argv)
+
+
+def _report(argv: list[str]) -> int:
+    from .cli_report import main as report
+
+    return report(argv)
 
 
 def _robust(argv: list[str]) -> int:
@@ -27,7 +59,11 @@ def _robust(argv: list[str]) -> int:
 
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "demo": (_demo, "4 local workers: compression, a straggler, a Byzantine worker; prints a table, saves a plot"),
+    "train": (_train, "reference DDP trainer on digits, any method (torchrun, mpiexec or --spawn N)"),
     "simulate": (_simulate, "coded training against stragglers on a virtual clock (none, GC, SR-SGC, M-SGC)"),
+    "bench": (_bench, "list the benchmarks, or run one (arguments such as --quick are passed on)"),
+    "report": (_report, "plot loss, bytes and time from JSON-lines logs of `commlib train --log-jsonl`"),
     "robust": (_robust, "robust DDP training on digits with Byzantine ranks (run under torchrun)"),
 }
 
@@ -49,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"commlib: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    return COMMANDS[command][0](rest)
+    try:
+        return COMMANDS[command][0](rest)
+    except CommlibError as exc:  # e.g. a spawned rank failed (its traceback is in the message), ranks disagree
+        print(f"commlib {command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

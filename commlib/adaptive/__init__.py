@@ -13,7 +13,7 @@ decision tensor and builds the chosen compressors.
 
 from __future__ import annotations
 
-from .accordion import Accordion
+from .accordion import Accordion, AccordionStats
 from .cost import ByteCost, CostModel, ElementCost, TimeCost, Timing, calibrate, cost_table, measure_codec_times
 from .dp import Solution, solve
 from .options import Option, default_grid, option_grid, rank_range
@@ -22,6 +22,7 @@ from .tables import ErrorAccumulator, error_table
 
 __all__ = [
     "Accordion",
+    "AccordionStats",
     "ByteCost",
     "CostModel",
     "ElementCost",

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..compress import PowerSGD
 from .options import CollectiveKind, Option
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "Timing",
     "calibrate",
     "cost_table",
+    "exchange_seconds",
     "fit_linear",
     "measure_codec_times",
     "traffic_factor",
@@ -231,6 +233,53 @@ def cost_table(
             if opt.applicable(shape):
                 table[row, col] = model.cost(opt, shape, world_size)
     return table
+
+
+def exchange_seconds(
+    model: TimeCost, layers: Sequence[tuple[Sequence[int], Option]], world_size: int, dense_numel: int = 0
+) -> float:
+    """Predicted seconds of one fused bucket exchange of commlib's ``GradientExchange`` (not per layer).
+
+    The exchange fuses each round's requests by kind (:func:`commlib.comm.merge.fuse_round`), so a
+    bucket pays one latency per *fused collective*, not per layer:
+
+    1. round one: one rank-ordered fp32 all-reduce, run as an all-gather, of the dense tensors
+       (``dense_numel`` elements plus ``fp32`` layers), the one-element non-finite flag and every
+       PowerSGD ``P`` (``4·n·r`` bytes); one all-gather of every top-k / QSGD payload; one native
+       all-reduce per cast dtype (fp16, bf16);
+    2. round two, if any layer uses PowerSGD: one ordered all-reduce (an all-gather) of every ``Q``
+       (``4·m·r`` bytes);
+    3. each collective costs ``latency[c] + traffic_factor(c, n)·payload·seconds_per_byte[c]``;
+       codec times (``model.codec``) are added per layer as in :meth:`TimeCost.cost`.
+    """
+    _check_world(world_size)
+    gathered = {"reduce1": 4 * (dense_numel + 1), "gather": 0, "reduce2": 0}
+    casts: dict[str, int] = {}
+    codec = 0.0
+    for shape, option in layers:
+        numel = math.prod(shape)
+        if option.family == "fp32":
+            gathered["reduce1"] += 4 * numel
+            continue
+        wire = option.wire_bytes(shape)
+        if option.family == "powersgd":
+            rows, cols = PowerSGD.matrix_shape(torch.Size(shape))
+            rank = PowerSGD(rank=int(option.param[0])).effective_rank(torch.Size(shape))
+            gathered["reduce1"] += 4 * rows * rank
+            gathered["reduce2"] += 4 * cols * rank
+        elif option.is_cast:
+            casts[option.family] = casts.get(option.family, 0) + wire
+        else:
+            gathered["gather"] += wire
+        encode, decode = model.codec.get(str(option), (0.0, 0.0))
+        codec += numel * (encode + (world_size if option.collective == "allgather" else 1) * decode)
+
+    def collective(kind: CollectiveKind, payload: int) -> float:
+        sent = traffic_factor(kind, world_size) * payload
+        return model.latency[kind] + sent * model.seconds_per_byte[kind]
+
+    total = sum(collective("allgather", payload) for payload in gathered.values() if payload)
+    return total + sum(collective("allreduce", payload) for payload in casts.values()) + codec
 
 
 def _time_collective(kind: CollectiveKind, payload_bytes: int, group, repeats: int, device: torch.device) -> float:

@@ -31,6 +31,7 @@ state is in :meth:`~LGreCo.state_dict` (tensors and plain values).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -46,6 +47,8 @@ from .options import Option, default_grid
 from .tables import ErrorAccumulator, error_table
 
 __all__ = ["LGreCo", "LGreCoStats"]
+
+_log = logging.getLogger(__name__)
 
 _METRICS = ("squared", "norm")
 
@@ -250,6 +253,10 @@ class LGreCo:
         self.stats.solves += 1
         self.stats.budget, self.stats.predicted_error = solution.budget, solution.error
         self._apply(torch.from_numpy(solution.choice))
+        _log.info("L-GreCo solve %d at step %d: %s; predicted %.0f bytes/step (uniform %.0f), error %.4g of budget "
+                  "%.4g (%s); choices %s", self.stats.solves, self.stats.last_step, self.option_counts(),
+                  self.stats.predicted_bytes, self.stats.default_bytes, solution.error, solution.budget,
+                  solution.source, {n: str(o) for n, o in self.choices().items()})
         return solution
 
     def load_decision(self, decision: Tensor) -> None:
@@ -279,6 +286,13 @@ class LGreCo:
         self.stats.default_bytes = float(self._bytes[rows, default].sum())
 
     # -- queries ---------------------------------------------------------------------------------------
+
+    def config(self) -> dict[str, object]:
+        """The settings every rank must share (plain values, for a runtime's config fingerprint)."""
+        return {"options": [str(o) for o in self.options], "default": str(self.default_option), "period": self.period,
+                "window": self.window, "alpha": self.alpha, "bins": self.bins, "error_metric": self.error_metric,
+                "power_iterations": self.power_iterations, "seed": self.seed, "cost": self.cost_model.unit,
+                "layers": list(self.layer_names)}
 
     def decision(self) -> Tensor:
         """The current decision (int64 option indices, one per layer)."""

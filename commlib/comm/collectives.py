@@ -27,9 +27,11 @@ from torch import Tensor
 __all__ = [
     "AllReduce",
     "AllGather",
+    "AllToAll",
     "Broadcast",
     "Collective",
     "Protocol",
+    "check_all_to_all",
     "ordered_sum",
     "as_round",
 ]
@@ -67,7 +69,20 @@ class Broadcast:
     src: int = 0
 
 
-Collective = AllReduce | AllGather | Broadcast
+@dataclass(frozen=True, eq=False)
+class AllToAll:
+    """Personalised exchange: ``tensor`` has shape ``(world_size, *chunk)``; rank r sends ``tensor[j]`` to rank j.
+
+    The result has ``tensor``'s shape; on rank r its row i is rank i's
+    ``tensor[r]``. Every rank sends and receives ``(world_size − 1)/world_size``
+    of the tensor, so a sharded runtime can give rank j the j-th slice of every
+    rank's vector with no rank ever holding more than one vector's worth.
+    """
+
+    tensor: Tensor
+
+
+Collective = AllReduce | AllGather | AllToAll | Broadcast
 Round = Collective | tuple[Collective, ...]
 Protocol = Generator[Round, object, T]
 
@@ -76,11 +91,21 @@ def as_round(request: Round) -> tuple[Collective, ...]:
     """Normalise what a protocol yielded to a tuple of requests, checking each."""
     requests = request if isinstance(request, tuple) else (request,)
     for r in requests:
-        if not isinstance(r, (AllReduce, AllGather, Broadcast)):
-            raise TypeError(f"a protocol yielded {type(r).__name__}; expected AllReduce, AllGather or Broadcast")
+        if not isinstance(r, (AllReduce, AllGather, AllToAll, Broadcast)):
+            raise TypeError(
+                f"a protocol yielded {type(r).__name__}; expected AllReduce, AllGather, AllToAll or Broadcast")
         if not isinstance(r.tensor, Tensor):
             raise TypeError(f"{type(r).__name__}.tensor must be a torch.Tensor, got {type(r.tensor).__name__}")
+        if isinstance(r, AllToAll) and r.tensor.dim() == 0:
+            raise ValueError("AllToAll.tensor must have a leading world_size dimension, got a 0-d tensor")
     return requests
+
+
+def check_all_to_all(req: AllToAll, world_size: int) -> None:
+    """Raise ValueError unless ``req.tensor``'s leading dimension is the world size."""
+    if req.tensor.shape[0] != world_size:
+        raise ValueError(f"AllToAll.tensor must have shape (world_size={world_size}, ...), "
+                         f"got {tuple(req.tensor.shape)}")
 
 
 def ordered_sum(parts: Sequence[Tensor] | Tensor) -> Tensor:

@@ -18,10 +18,18 @@ gradient tensors) at step ``t`` it builds one protocol:
 Dense ("cast") compressors — Identity, FP16, BF16 — take every tensor through
 their own native all-reduce, with no flag and no warm-up.
 
-With a ``policy`` (:class:`~commlib.adaptive.LGreCo`), the compressor of each
-tensor the policy registered is the one of its current option (each option
-built once, so per-tensor state such as PowerSGD's ``Q`` persists per
-(name, option)); ``fp32`` and unregistered tensors go dense, and ``compressor``
+Private compressors (``compressor.private``, e.g. :class:`~commlib.privacy.DPSketch`)
+must see every value that leaves a rank: every non-empty tensor goes through
+them from step 0 on (no warm-up, no 1-D, size or rate exception; ``ValueError``
+if the compressor cannot take one), and on NaN/Inf nothing is resent: every
+rank returns NaN for the whole bucket (``GradScaler`` skips the step), so only
+the one-bit flag leaves a rank. They take no policy.
+
+With a ``policy`` (:class:`~commlib.adaptive.LGreCo` or
+:class:`~commlib.adaptive.Accordion`), the compressor of each tensor the
+policy registered is the one of its current option (each option built once,
+so per-tensor state persists; all PowerSGD ranks share one ``Q`` store, so a
+rank change keeps the old columns); ``fp32`` and unregistered tensors go dense, and ``compressor``
 is not used. Steps ``τ = step − start_step`` count compressed steps:
 
 4. In the window before a re-solve, rank 0 observes what the compressor is
@@ -41,8 +49,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..adaptive import LGreCo, Option
+from ..adaptive import Accordion, LGreCo, Option
 from ..compress.base import Compressor, TensorContext
+from ..compress.powersgd import PowerSGD
 from ..errors import StateDivergenceError
 from ..feedback.base import ErrorFeedback, require_local_compressor
 from .collectives import AllGather, AllReduce, Broadcast, Protocol, Round, as_round
@@ -144,14 +153,16 @@ class GradientExchange:
                  feedback: ErrorFeedback | None = None, policy: LGreCo | None = None):
         if not isinstance(compressor, Compressor):
             raise TypeError(f"compressor must be a commlib Compressor, got {type(compressor).__name__}")
-        if policy is not None and not isinstance(policy, LGreCo):
-            raise TypeError(f"policy must be a commlib.adaptive.LGreCo, got {type(policy).__name__}")
+        if policy is not None and not isinstance(policy, (LGreCo, Accordion)):
+            raise TypeError(f"policy must be a commlib.adaptive LGreCo or Accordion, got {type(policy).__name__}")
         if feedback is not None:
             if not isinstance(feedback, ErrorFeedback):
                 raise TypeError(f"feedback must be a commlib ErrorFeedback, got {type(feedback).__name__}")
             for local in [compressor] if policy is None else [o.build() for o in policy.options if o != _FP32]:
                 require_local_compressor(local)
         self.feedback = feedback
+        if compressor.private and policy is not None:
+            raise ValueError(f"{compressor.name} is private: a policy would send tensors dense, so it takes none")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"invalid rank {rank} for world size {world_size}")
         self.compressor = compressor
@@ -171,21 +182,23 @@ class GradientExchange:
 
     def policy_config(self) -> dict[str, object]:
         """The policy's settings that every rank must share (for the config fingerprint)."""
-        p = self.policy
-        return {"options": [str(o) for o in p.options], "default": str(p.default_option), "period": p.period,
-                "window": p.window, "alpha": p.alpha, "bins": p.bins, "error_metric": p.error_metric,
-                "power_iterations": p.power_iterations, "seed": p.seed, "cost": p.cost_model.unit,
-                "layers": list(p.layer_names)}
+        return self.policy.config()
 
     def _build(self, option: Option) -> Compressor:
-        """The compressor of ``option``, built once (its per-tensor state persists across re-solves)."""
+        """The compressor of ``option``, built once (its per-tensor state persists across re-solves).
+
+        All PowerSGD ranks share one warm-start store, so a tensor whose rank
+        changes keeps its ``Q`` columns (:meth:`PowerSGD.resized`).
+        """
         if option not in self._built:
-            self._built[option] = option.build()
+            peer = next((c for c in self._built.values() if isinstance(c, PowerSGD)), None)
+            shared = option.family == "powersgd" and peer is not None
+            self._built[option] = peer.resized(option.param[0]) if shared else option.build()
         return self._built[option]
 
     def _chooser(self, step: int):
         """``(name, shape) → compressor or None (dense)`` for ``step``; the policy's choices are read once."""
-        if step < self.config.start_step:
+        if step < self.config.start_step and not self.compressor.private:
             return lambda name, shape: None
         if self.policy is None:
             return lambda name, shape: self.compressor if self.compresses(name, shape) else None
@@ -202,8 +215,12 @@ class GradientExchange:
         key = (name, shape)
         if key not in self._plan:
             c, cfg = self.compressor, self.config
+            if c.private and shape.numel() > 0 and not c.compressible(shape):
+                raise ValueError(f"{c.name} is private but cannot take {name!r} of shape {tuple(shape)}")
             ok = len(shape) >= 2 and shape.numel() >= cfg.min_numel and c.compressible(shape)
-            if ok:
+            if c.private:  # every value through the mechanism (an empty tensor carries none)
+                ok = shape.numel() > 0
+            elif ok:
                 rate = 4 * shape.numel() / max(1, c.wire_bytes(shape).total)
                 ok = rate >= cfg.min_compression_rate
             self._plan[key] = ok
@@ -266,10 +283,12 @@ class GradientExchange:
         if float(total_dense[-1]) > 0:  # some rank has NaN/Inf: abandon the compressed protocols, state untouched
             for gen, _ in started:
                 gen.close()
+            report.non_finite = True
+            if self.compressor.private:  # never resend dense: only the flag has left this rank
+                return [torch.full_like(x, float("nan")) for x in xs], report
             everything = torch.cat([x.reshape(-1) for x in xs])
             total = yield AllReduce(everything, ordered=True)
             self._count(report, everything.numel(), gathered=True)
-            report.non_finite = True
             report.policy_sent = sum(4 * xs[i].numel() for i in mine)
             return self._split(total.div_(self.world_size), xs), report
 

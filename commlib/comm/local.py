@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ProtocolMismatchError
-from .collectives import AllGather, AllReduce, Collective, Protocol, as_round, ordered_sum
+from .collectives import AllGather, AllReduce, AllToAll, Collective, Protocol, as_round, check_all_to_all, ordered_sum
 
 __all__ = ["run_lockstep", "execute_local"]
 
@@ -47,6 +47,10 @@ def execute_local(requests: Sequence[Collective]) -> list[Tensor]:
     if isinstance(first, AllReduce):
         total = ordered_sum([r.tensor.detach() for r in requests])
         return [total.clone() for _ in range(n)]
+    if isinstance(first, AllToAll):
+        for req in requests:
+            check_all_to_all(req, n)
+        return [torch.stack([req.tensor.detach()[r] for req in requests]) for r in range(n)]
     src = requests[first.src].tensor.detach()
     return [src.clone() for _ in range(n)]
 

@@ -8,7 +8,9 @@ advances all protocols in lockstep and fuses each round into few collectives:
    padded to 8 bytes), gathered once and split again;
 2. ``AllReduce`` payloads with the same dtype and ``ordered`` flag are
    concatenated into one flat tensor, reduced once and split again;
-3. ``Broadcast`` payloads with the same dtype and source likewise.
+3. ``Broadcast`` payloads with the same dtype and source likewise;
+4. each ``AllToAll`` passes through unfused (its rows are per-destination, so
+   concatenating two would interleave their chunks).
 
 The fused collectives of a round are yielded together as one tuple, in an order
 fixed by the protocols' structure, so every rank issues the same collectives.
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .collectives import AllGather, AllReduce, Broadcast, Collective, Protocol, Round, as_round
+from .collectives import AllGather, AllReduce, AllToAll, Broadcast, Collective, Protocol, Round, as_round
 
 __all__ = ["merge", "fuse_round", "split_round"]
 
@@ -62,6 +64,9 @@ def fuse_round(requests: Sequence[Collective]) -> tuple[tuple[Collective, ...], 
         elif isinstance(req, AllReduce):
             key = ("reduce", req.tensor.dtype, req.ordered, req.tensor.device)
             data = req.tensor.detach().reshape(-1)
+        elif isinstance(req, AllToAll):
+            key = ("alltoall", len(slots))
+            data = req.tensor.detach()
         else:
             key = ("broadcast", req.tensor.dtype, req.src, req.tensor.device)
             data = req.tensor.detach().reshape(-1)
@@ -77,11 +82,13 @@ def fuse_round(requests: Sequence[Collective]) -> tuple[tuple[Collective, ...], 
         sizes[g] += data.numel()
     fused: list[Collective] = []
     for key, parts in zip(kinds, members):
-        flat = torch.cat(parts) if len(parts) > 1 else parts[0]
+        flat = torch.cat(parts) if len(parts) > 1 else parts[0]  # an AllToAll is always alone in its group
         if key[0] == "gather":
             fused.append(AllGather(flat))
         elif key[0] == "reduce":
             fused.append(AllReduce(flat, ordered=key[2]))
+        elif key[0] == "alltoall":
+            fused.append(AllToAll(flat))
         else:
             fused.append(Broadcast(flat, src=key[2]))
     return tuple(fused), slots
@@ -102,6 +109,8 @@ def split_round(results: object, slots: Sequence[_Slot]) -> list[Tensor]:
             else:
                 rows = whole.reshape(world, -1)[:, slot.offset : slot.offset + slot.length]
                 part = rows.contiguous().view(req.tensor.dtype).reshape(world, *req.tensor.shape)
+        elif isinstance(req, AllToAll):
+            part = whole
         else:
             part = whole[slot.offset : slot.offset + slot.length].reshape(req.tensor.shape)
         out.append(part)

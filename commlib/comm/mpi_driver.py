@@ -4,7 +4,8 @@ Each request maps to one MPI call on host (CPU) buffers: ``AllGather`` →
 ``Allgather``; ``AllReduce(ordered=True)`` → ``Allgather`` then
 :func:`~commlib.comm.collectives.ordered_sum` (the same bits as every other
 runtime); ``AllReduce(ordered=False)`` → ``Allreduce(SUM)``; ``Broadcast`` →
-``Bcast``. Tensors travel as raw bytes, so bfloat16 needs no MPI datatype.
+``Bcast``; ``AllToAll`` → ``Alltoall`` (equal blocks, one per rank). Tensors
+travel as raw bytes, so bfloat16 needs no MPI datatype.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .collectives import AllGather, AllReduce, Collective, Protocol, as_round, ordered_sum
+from .collectives import AllGather, AllReduce, AllToAll, Collective, Protocol, as_round, check_all_to_all, ordered_sum
 
 __all__ = ["run"]
 
@@ -29,6 +30,11 @@ def _execute(req: Collective, comm: Any) -> Tensor:
 
     src = req.tensor.detach().cpu().contiguous()
     world = comm.Get_size()
+    if isinstance(req, AllToAll):
+        check_all_to_all(req, world)
+        received = torch.empty_like(src)
+        comm.Alltoall(_bytes(src), _bytes(received))  # the byte buffers split into ``world`` equal blocks
+        return received.to(req.tensor.device)
     if isinstance(req, AllReduce) and not req.ordered:
         if src.dtype == torch.bfloat16:
             raise TypeError("native MPI all-reduce has no bfloat16 type; use AllReduce(ordered=True)")

@@ -8,7 +8,8 @@ future nests differently per backend and per collective).
 
 Ordered all-reduces are an ``all_gather_into_tensor`` followed by
 :func:`~commlib.comm.collectives.ordered_sum`, so their bits equal the
-simulator's and the MPI driver's.
+simulator's and the MPI driver's. ``AllToAll`` is ``all_to_all_single``
+(gloo supports it on CPU, NCCL on GPU).
 
 Collectives of one process group must be issued in the same order on every
 rank (gloo matches them by issue order). ``OrderedIssuer`` chains protocols so
@@ -27,7 +28,16 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.futures import Future
 
-from .collectives import AllGather, AllReduce, Collective, Protocol, as_round, ordered_sum
+from .collectives import (
+    AllGather,
+    AllReduce,
+    AllToAll,
+    Collective,
+    Protocol,
+    as_round,
+    check_all_to_all,
+    ordered_sum,
+)
 
 __all__ = ["Timing", "start", "run", "OrderedIssuer"]
 
@@ -57,6 +67,11 @@ def _issue(req: Collective, group: dist.ProcessGroup | None) -> tuple[Future, Ca
         work = dist.all_reduce(buf, group=group, async_op=True)
         return work.get_future(), lambda: buf
     src = req.tensor.detach().contiguous()
+    if isinstance(req, AllToAll):
+        check_all_to_all(req, world)
+        received = torch.empty_like(src)
+        work = dist.all_to_all_single(received, src, group=group, async_op=True)
+        return work.get_future(), lambda: received
     if isinstance(req, (AllGather, AllReduce)):
         out = torch.empty((world, *src.shape), dtype=src.dtype, device=src.device)
         work = _all_gather_flat(out.view(-1), src.reshape(-1), group=group, async_op=True)

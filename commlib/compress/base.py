@@ -80,6 +80,9 @@ class Compressor(ABC):
     name: str = "compressor"
     #: True for the dense casts (Identity, FP16, BF16): every tensor goes through them, in one native all-reduce.
     is_cast: bool = False
+    #: True for privacy mechanisms (DPSketch): the exchange sends every tensor through the compressor (no dense
+    #: warm-up, 1-D or small tensors) and never resends a bucket dense when a rank has NaN/Inf.
+    private: bool = False
 
     def config(self) -> dict[str, object]:
         """Plain values that must agree across ranks (hashed into the config fingerprint)."""

@@ -6,7 +6,10 @@ A tensor of shape ``(n, *rest)`` is viewed as an ``n × m`` matrix ``M``
 1. ``Q`` (``m × r``): the previous step's ``Q`` for this tensor when
    ``warm_start`` (zero columns redrawn, see ``_initial_q``), else a standard
    normal matrix from ``rng.generator(seed, 0 if warm_start else step, key)``,
-   identical on every rank;
+   identical on every rank. A stored ``Q`` of another rank ``r'`` (the rank
+   changed, e.g. by L-GreCo) keeps its first ``min(r, r')`` columns; the
+   ``r − r'`` new ones come from ``rng.generator(seed, step, key)``, so the
+   warm start survives a rank change and every rank agrees;
 2. ``P = M Q``; ordered all-reduce; ``P ← P / n_workers``;
 3. orthonormalize ``P``'s columns (modified Gram–Schmidt with one
    reorthogonalization per column; columns dependent on the earlier ones,
@@ -122,14 +125,26 @@ class PowerSGD(Compressor):
         rank, so is all of this.
         """
         stored = self._q.get(ctx.key) if self.warm_start else None
-        if stored is None or stored.shape != (m, r):
+        if stored is None or stored.shape[0] != m:
             step = 0 if self.warm_start else ctx.step
             return torch.randn(m, r, generator=rng.generator(ctx.seed, step, ctx.key)).to(device)
-        q = stored.to(device)
-        norms = torch.linalg.vector_norm(q, dim=0)
         fresh = torch.randn(m, r, generator=rng.generator(ctx.seed, ctx.step, ctx.key)).to(device)
+        kept = min(r, stored.shape[1])  # a rank change keeps the old columns, new ones are fresh
+        q = torch.cat([stored[:, :kept].to(device), fresh[:, kept:]], dim=1)
+        norms = torch.linalg.vector_norm(q, dim=0)
         q = torch.where(norms > 0, q, fresh)
         return q.div_(torch.linalg.vector_norm(q, dim=0))
+
+    def resized(self, rank: int) -> PowerSGD:
+        """A PowerSGD of another ``rank`` (same settings) sharing this one's warm-start store.
+
+        When a runtime switches a tensor between ranks (L-GreCo), the new rank
+        starts from the old ``Q``: the first columns are kept, new columns are
+        drawn from the shared seed (see ``_initial_q``).
+        """
+        other = PowerSGD(rank, self.warm_start, self.orthogonalization_epsilon)
+        other._q = self._q
+        return other
 
     def exchange(self, x: Tensor, ctx: TensorContext) -> Protocol[Tensor]:
         if not self.compressible(x.shape):
@@ -164,4 +179,5 @@ class PowerSGD(Compressor):
             if q.dim() != 2 or not q.is_floating_point() or not bool(torch.isfinite(q).all()):
                 raise ValueError(f"PowerSGD state 'q'[{key!r}] must be a finite 2-D float tensor, got {tuple(q.shape)}")
             loaded[key] = q.detach().to(torch.float32, copy=True)
-        self._q = loaded
+        self._q.clear()  # in place: a store shared by :meth:`resized` stays shared
+        self._q.update(loaded)

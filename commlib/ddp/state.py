@@ -43,9 +43,10 @@ class CommState:
         feedback_warm_start: with feedback, start ``hᵢ = gᵢ``, ``h = mean g`` from the last dense step.
         check_every: with feedback, compare a digest of ``h`` across ranks every so many steps
             (0: never) and raise ``StateDivergenceError`` on a difference.
-        policy: an :class:`~commlib.adaptive.LGreCo` choosing each tensor's compressor (then
-            ``compressor`` is not used); it is registered with the model's tensors of 2 and more
-            dimensions and at least ``min_numel`` elements, and its state is part of ``state_dict()``.
+        policy: an :class:`~commlib.adaptive.LGreCo` or :class:`~commlib.adaptive.Accordion` choosing each
+            tensor's compressor (then ``compressor`` is not used); it is registered with the model's
+            tensors of 2 and more dimensions and at least ``min_numel`` elements, and its state is part
+            of ``state_dict()``.
 
     Example::
 

@@ -22,12 +22,14 @@ feedback is refused (:meth:`DPSketch.exchange_local`): a residual built from
 un-noised data carries data into later steps and breaks the per-step
 sensitivity bound. State built only from the noised sum is post-processing.
 
-Only tensors that pass through this compressor are protected: the exchange
-sends 1-D, small and warm-up tensors dense, so give it the whole update as one
-2-D tensor (e.g. ``("model", flat.view(1, -1))``) with ``start_step=0``,
-``min_numel=1`` and ``min_compression_rate=0``; if several tensors are
-exchanged per step, each is a release of sensitivity ``C`` (account
-``z/√(count)``).
+``DPSketch.private`` is True, so :class:`~commlib.comm.exchange.GradientExchange`
+sends every tensor through it, from step 0 on (1-D and small tensors too,
+whatever ``start_step``, ``min_numel`` and ``min_compression_rate`` say), and on
+NaN/Inf it resends nothing dense: every rank gets NaN for the bucket and only
+the one-bit non-finite flag leaves a rank (that step's noised sum is still
+released: account it as a step). Each tensor exchanged in a step is a release
+of sensitivity ``C``: with ``P`` tensors per step account ``z/√P``, or send the
+whole update as one tensor (e.g. ``("model", flat.view(1, -1))``).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class DPSketch(LinearCompressor):
     rescale: bool = True
     noise_rank: int = 0
     name = "dp-sketch"
+    private = True
 
     def __post_init__(self) -> None:
         z, c = self.noise_multiplier, self.max_norm

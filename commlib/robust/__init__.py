@@ -3,8 +3,9 @@
 A rule maps the n workers' vectors (rows of an n × d tensor) to one vector:
 ``rule(X) -> Tensor[d]``. Gram-based rules (Krum, Multi-Krum, geometric median,
 MDA, Flag) also give ``weights_from_gram(G) -> Tensor[n]`` with output
-``Σᵢ wᵢ xᵢ``, so a sharded runtime only needs the n × n Gram matrix. See
-docs/robust.md.
+``Σᵢ wᵢ xᵢ``, so a sharded runtime only needs the n × n Gram matrix;
+coordinate-wise rules (mean, median, trimmed mean, Meamed, Phocas) also run on
+a column slice with ``aggregate_columns(X, finite)``. See docs/robust.md.
 """
 
 from __future__ import annotations

@@ -35,6 +35,8 @@ __all__ = [
     "finite_rows",
     "gram",
     "row_distances",
+    "row_mean",
+    "row_sum",
     "sqdist_from_gram",
 ]
 
@@ -96,6 +98,25 @@ def finite_rows(X: Tensor) -> Tensor:
     return ok
 
 
+def row_sum(X: Tensor) -> Tensor:
+    """The sum of the rows, added in row order by elementwise adds.
+
+    Unlike ``X.sum(dim=0)``, whose reduction kernel groups terms differently
+    for different column counts, every coordinate gets the same bits whatever
+    columns surround it, so a column slice (a sharded runtime's) gives the
+    whole matrix's bits.
+    """
+    acc = X[0].clone()
+    for row in X[1:]:
+        acc.add_(row)
+    return acc
+
+
+def row_mean(X: Tensor) -> Tensor:
+    """:func:`row_sum` divided by the number of rows (same layout independence)."""
+    return row_sum(X).div_(X.shape[0])
+
+
 def gram(X: Tensor) -> Tensor:
     """``X Xᵀ`` (n × n) computed in ``X``'s dtype — one O(n²·d) product, no copy of ``X``."""
     return X @ X.T
@@ -137,11 +158,14 @@ class Aggregator:
 
     Subclasses set ``name``, store ``f`` (0 for f-agnostic rules), implement
     ``_aggregate(X, f) -> Tensor[d]`` on finite rows, and override
-    :meth:`min_workers` with the rule's requirement on n.
+    :meth:`min_workers` with the rule's requirement on n. Coordinate-wise rules
+    set ``coordinatewise = True`` and may then run on column slices
+    (:meth:`aggregate_columns`).
     """
 
     name = "aggregator"
     f = 0
+    coordinatewise = False  # True when each output coordinate depends on that coordinate of the inputs only
 
     def min_workers(self, f: int) -> int:
         """The smallest n the rule accepts with f Byzantine inputs."""
@@ -155,7 +179,27 @@ class Aggregator:
     def __call__(self, X: Tensor) -> Tensor:
         X = check_matrix(X)
         self.check_workers(X.shape[0])
-        finite = finite_rows(X)
+        return self._apply(X, finite_rows(X))
+
+    def aggregate_columns(self, X: Tensor, finite: Tensor) -> Tensor:
+        """The rule on a column slice ``X`` (n × c) of the inputs, given which rows are finite across *all* columns.
+
+        Only coordinate-wise rules (``coordinatewise = True``) can run on a
+        slice: a sharded runtime gives rank j columns j·c … (j+1)·c − 1 of every
+        input, applies this, and gathers the slices. ``finite`` (bool, length n)
+        must be the same on every rank, so that every slice drops the same rows
+        and counts them against f, exactly as ``rule(X)`` on the whole matrix.
+        """
+        if not self.coordinatewise:
+            raise ValueError(f"{self!r} is not coordinate-wise: it cannot aggregate a column slice on its own")
+        X = check_matrix(X)
+        self.check_workers(X.shape[0])
+        if not isinstance(finite, Tensor) or finite.dtype != torch.bool or finite.shape != (X.shape[0],):
+            raise ValueError(f"finite must be a bool tensor of shape ({X.shape[0]},), got {finite!r}")
+        return self._apply(X, finite)
+
+    def _apply(self, X: Tensor, finite: Tensor) -> Tensor:
+        """The non-finite-row policy (module docstring) around ``_aggregate``; ``finite`` marks the kept rows."""
         bad = X.shape[0] - int(finite.sum())
         if bad == X.shape[0]:
             return torch.zeros(X.shape[1], dtype=X.dtype, device=X.device)
@@ -163,7 +207,7 @@ class Aggregator:
             X = X[finite]
         f = max(self.f - bad, 0)
         if X.shape[0] < self.min_workers(f):
-            return X.mean(dim=0)
+            return row_mean(X)
         return self._aggregate(X, f)
 
     def _aggregate(self, X: Tensor, f: int) -> Tensor:

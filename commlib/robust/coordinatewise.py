@@ -2,8 +2,10 @@
 
 Each coordinate j is aggregated from the n values ``x₁ⱼ … xₙⱼ`` alone, so the
 rules shard over coordinates (an all-to-all gives each rank a slice of every
-input). Columns are processed in chunks, so the temporary memory stays
-O(n · chunk) whatever d is. Every rule first sorts a coordinate's values; rules
+input), and every reduction over the n values adds them in row order
+(:func:`~.base.row_sum`), so a slice gets the bits of the whole matrix.
+Columns are processed in chunks, so the temporary memory stays O(n · chunk)
+whatever d is. Every rule first sorts a coordinate's values; rules
 that then rank them by distance to a centre use a stable sort, so equally
 distant values are taken lower value first and the result does not depend on
 the order of the inputs.
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import BLOCK_ELEMENTS, Aggregator, check_count
+from .base import BLOCK_ELEMENTS, Aggregator, check_count, row_mean, row_sum
 
 __all__ = ["CoordinateMedian", "Mean", "Meamed", "Phocas", "TrimmedMean", "columnwise", "sort_columns"]
 
@@ -60,7 +62,7 @@ def median_of_sorted(s: Tensor) -> Tensor:
 
 def trimmed_of_sorted(s: Tensor, f: int) -> Tensor:
     """Mean of each column of the column-sorted ``s`` without its f lowest and f highest values."""
-    return s[f : s.shape[0] - f].mean(dim=0)
+    return row_mean(s[f : s.shape[0] - f])
 
 
 def closest_mean(s: Tensor, centre: Tensor, keep: int) -> Tensor:
@@ -79,16 +81,17 @@ def closest_mean(s: Tensor, centre: Tensor, keep: int) -> Tensor:
         hi = hi - (~drop_low).long()
     rank = torch.arange(n, device=s.device)[:, None]
     inside = (rank >= lo) & (rank <= hi)
-    return torch.where(inside, s, torch.zeros((), dtype=s.dtype, device=s.device)).sum(dim=0) / keep
+    return row_sum(torch.where(inside, s, torch.zeros((), dtype=s.dtype, device=s.device))).div_(keep)
 
 
 class Mean(Aggregator):
     """The arithmetic mean ``(1/n) Σᵢ xᵢ`` (breakdown point 0: one input moves it anywhere)."""
 
     name = "mean"
+    coordinatewise = True
 
     def _aggregate(self, X: Tensor, f: int) -> Tensor:
-        return X.mean(dim=0)
+        return row_mean(X)
 
 
 class CoordinateMedian(Aggregator):
@@ -96,6 +99,7 @@ class CoordinateMedian(Aggregator):
     (the mean of the two middle ones when n is even). Breakdown point ½."""
 
     name = "median"
+    coordinatewise = True
 
     def _aggregate(self, X: Tensor, f: int) -> Tensor:
         return columnwise(X, lambda c: median_of_sorted(sort_columns(c)))
@@ -106,6 +110,7 @@ class TrimmedMean(Aggregator):
     and the f highest, average the n − 2f left. Needs n > 2f."""
 
     name = "trimmed_mean"
+    coordinatewise = True
 
     def __init__(self, f: int) -> None:
         self.f = check_count(f, "TrimmedMean f")
@@ -122,6 +127,7 @@ class Meamed(Aggregator):
     (2) the n − f values closest to m, (3) their mean. Needs n > 2f."""
 
     name = "meamed"
+    coordinatewise = True
 
     def __init__(self, f: int) -> None:
         self.f = check_count(f, "Meamed f")
@@ -142,6 +148,7 @@ class Phocas(Aggregator):
     values closest to t, (3) their mean. Needs n > 2f."""
 
     name = "phocas"
+    coordinatewise = True
 
     def __init__(self, f: int) -> None:
         self.f = check_count(f, "Phocas f")

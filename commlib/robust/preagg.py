@@ -202,16 +202,25 @@ class Compose:
             X = p(X, step)
         return self.rule(X)
 
-    def weights_from_gram(self, G: Tensor, step: int = 0) -> Tensor:
-        """Weights (fp64, length n) on the original inputs, output ``Σᵢ wᵢ xᵢ``; needs a Gram-based rule."""
-        if not isinstance(self.rule, GramAggregator):
-            raise ValueError(f"Compose.weights_from_gram needs a Gram-based rule, got {self.rule!r}")
+    def mixing_from_gram(self, G: Tensor, step: int = 0) -> tuple[Tensor, Tensor]:
+        """``(W, G′)``: the pre-aggregators as one n′ × n matrix (output rows ``W X``) and the Gram matrix of ``W X``.
+
+        Chains the pre-aggregators in Gram space: ``Wₖ`` from the current Gram
+        matrix, then ``G ← Wₖ G Wₖᵀ`` (:func:`transform_gram`), ``W ← Wₖ W``.
+        """
         G = check_gram(G).double()
         total = torch.eye(G.shape[0], dtype=torch.float64, device=G.device)
         for p in self.preaggregators:
             W = p.matrix_from_gram(G, step)
             G = transform_gram(W, G)
             total = W @ total
+        return total, G
+
+    def weights_from_gram(self, G: Tensor, step: int = 0) -> Tensor:
+        """Weights (fp64, length n) on the original inputs, output ``Σᵢ wᵢ xᵢ``; needs a Gram-based rule."""
+        if not isinstance(self.rule, GramAggregator):
+            raise ValueError(f"Compose.weights_from_gram needs a Gram-based rule, got {self.rule!r}")
+        total, G = self.mixing_from_gram(G, step)
         return total.T @ self.rule.weights_from_gram(G)
 
     def __repr__(self) -> str:

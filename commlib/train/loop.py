@@ -13,6 +13,7 @@ same seeds they end with the same parameters.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -70,8 +71,12 @@ def _batches(data: Dataset, cfg: TrainConfig, world_size: int, start: int = 0):
 
 
 def train_ddp(model: nn.Module, optimizer: torch.optim.Optimizer, data: Dataset, cfg: TrainConfig, rank: int,
-              world_size: int, start: int = 0, stop: int | None = None) -> TrainResult:
-    """Train the DDP-wrapped ``model`` from step ``start`` to ``stop`` (default ``cfg.steps``)."""
+              world_size: int, start: int = 0, stop: int | None = None,
+              on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Train the DDP-wrapped ``model`` from step ``start`` to ``stop`` (default ``cfg.steps``).
+
+    ``on_step(step, loss)`` runs after each optimizer step (logging, progress, evaluation).
+    """
     losses = []
     t0 = time.perf_counter()
     for step, batch in _batches(data, cfg, world_size, start):
@@ -83,6 +88,8 @@ def train_ddp(model: nn.Module, optimizer: torch.optim.Optimizer, data: Dataset,
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+        if on_step is not None:
+            on_step(step, losses[-1])
     inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     return TrainResult(evaluate(inner, data), losses[-1] if losses else float("nan"), time.perf_counter() - t0, losses)
 

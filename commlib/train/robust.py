@@ -8,11 +8,22 @@
 Every rank trains the digits MLP under DDP with :func:`commlib.ddp.robust.robust_hook`;
 the ranks in ``--byzantine`` replace their gradient by the attack's vector inside
 the same protocol. Rank 0 prints the test accuracy (and ``--json`` writes it).
+
+Momentum sits on the workers by default (``--worker-momentum 0.9``): every rank
+submits ``mᵣ ← β·mᵣ + gᵣ`` and the optimizer is plain SGD — the same update as
+heavy-ball SGD when the rule is the mean, but the robust rule now judges vectors
+whose spread is small next to their mean (Karimireddy, He, Jaggi, ICML 2021;
+ByzFL's default protocol). ``--worker-momentum 0`` puts the momentum (0.9) back
+in the optimizer, after the aggregation. The default batch is 64 examples per
+worker: with 4 ranks, one of them running ALIE, the trimmed mean needs both
+(docs/robust.md, "ALIE under torchrun"). ``--sharded`` aggregates without any
+rank holding all n gradients (:func:`commlib.ddp.robust.sharded_protocol`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -77,13 +88,20 @@ def parse_ranks(text: str) -> list[int]:
 
 
 def train(rank: int, world: int, aggregate: str, byzantine: list[int], attack: str | None, strength: float | None,
-          nnm: bool, cfg: TrainConfig) -> float:
-    """One rank's robust DDP run; returns the final test accuracy (the same on every rank)."""
+          nnm: bool, cfg: TrainConfig, worker_momentum: float = 0.9, sharded: bool = False) -> float:
+    """One rank's robust DDP run; returns the final test accuracy (the same on every rank).
+
+    With ``worker_momentum`` > 0 the optimizer's momentum (``cfg.momentum``) is
+    replaced by the workers' (module docstring).
+    """
     data = load_digits()
     model = mlp(seed=cfg.seed)
     wrapped = DDP(model)
+    if worker_momentum:
+        cfg = dataclasses.replace(cfg, momentum=0.0)
     state = RobustState(wrapped, make_rule(aggregate, len(byzantine), nnm), byzantine=byzantine,
-                        attack=make_attack(attack, strength) if byzantine else None, seed=cfg.seed)
+                        attack=make_attack(attack, strength) if byzantine else None, seed=cfg.seed,
+                        worker_momentum=worker_momentum, sharded=sharded)
     wrapped.register_comm_hook(state, robust_hook)
     return train_ddp(wrapped, make_optimizer(model, cfg), data, cfg, rank, world).accuracy
 
@@ -97,22 +115,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--strength", type=float, help="ALIE's z or IPM's epsilon (default: the paper's)")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--batch", type=int, default=64,
+                        help="examples per worker per step (a larger batch also shrinks the honest spread)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--worker-momentum", type=float, default=0.9,
+                        help="β of the momentum each worker submits (0: momentum 0.9 in the optimizer instead)")
+    parser.add_argument("--sharded", action="store_true",
+                        help="all-to-all + Gram all-reduce instead of gathering every gradient on every rank")
     parser.add_argument("--json", help="rank 0 writes {aggregate, attack, accuracy} here")
     args = parser.parse_args(argv)
     if bool(args.byzantine) != (args.attack is not None):
         parser.error("--byzantine and --attack go together")
+    if not 0.0 <= args.worker_momentum < 1.0:
+        parser.error(f"--worker-momentum must lie in [0, 1), got {args.worker_momentum}")
+    if args.batch < 1:
+        parser.error(f"--batch must be >= 1, got {args.batch}")
     dist.init_process_group("gloo", timeout=timedelta(seconds=120))
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    cfg = TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed)
-    accuracy = train(rank, world, args.aggregate, args.byzantine, args.attack, args.strength, args.nnm, cfg)
+    cfg = TrainConfig(steps=args.steps, batch_per_worker=args.batch, lr=args.lr, seed=args.seed)
+    accuracy = train(rank, world, args.aggregate, args.byzantine, args.attack, args.strength, args.nnm, cfg,
+                     args.worker_momentum, args.sharded)
     if rank == 0:
-        print(f"aggregate={args.aggregate} byzantine={args.byzantine} attack={args.attack} accuracy={accuracy:.4f}")
+        print(f"aggregate={args.aggregate} nnm={args.nnm} byzantine={args.byzantine} attack={args.attack} "
+              f"batch={args.batch} worker_momentum={args.worker_momentum} seed={args.seed} accuracy={accuracy:.4f}")
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"aggregate": args.aggregate, "attack": args.attack, "byzantine": args.byzantine,
-                           "accuracy": accuracy}, f)
+                json.dump({"aggregate": args.aggregate, "nnm": args.nnm, "attack": args.attack,
+                           "byzantine": args.byzantine, "batch": args.batch, "worker_momentum": args.worker_momentum,
+                           "seed": args.seed, "accuracy": accuracy}, f)
     dist.barrier()  # every rank's last collective has completed before any rank tears its group down
     dist.destroy_process_group()
 

@@ -59,8 +59,8 @@ def test_a_missed_check_happens_at_the_next_decide_and_empty_windows_keep_the_de
     feed(acc, range(0, 5), {"w": 1.0})
     acc.decide(5)
     feed(acc, range(5, 10), {"w": 1.0})
-    assert acc.should_check(12) and acc.decide(12).tolist() == [HEAVY]  # the check due at 10, done at 12
-    assert not acc.should_check(14) and acc.should_check(15)
+    assert acc.should_solve(12) and acc.decide(12).tolist() == [HEAVY]  # the check due at 10, done at 12
+    assert not acc.should_solve(14) and acc.should_solve(15)
     assert acc.decide(15).tolist() == [HEAVY]  # nothing observed for this check: unchanged
 
 

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from commlib.comm.collectives import AllGather, AllReduce, Broadcast
+from commlib.comm.collectives import AllGather, AllReduce, AllToAll, Broadcast
 from commlib.comm.local import run_lockstep
 from commlib.comm.merge import fuse_round, merge
 
@@ -60,3 +60,25 @@ def test_protocols_of_different_lengths() -> None:
     res = run_lockstep([merge([short(), long()]) for _ in range(2)])
     assert torch.equal(res[0][0], torch.full((2,), 2.0))
     assert torch.equal(res[1][1], torch.full((2, 1), 2.0))
+
+
+def test_all_to_all_passes_through_unfused() -> None:
+    """Two all-to-alls in one round stay two collectives; each rank gets row r of every peer's own tensor."""
+    n = 3
+
+    def proto(rank: int, offset: float):
+        a = torch.arange(n * 2, dtype=torch.float32).reshape(n, 2) + 10 * rank + offset
+        b = a * -1
+        got_a, total, got_b = yield (AllToAll(a), AllReduce(torch.ones(2)), AllToAll(b))
+        return got_a, got_b, total
+
+    fused, _ = fuse_round([AllToAll(torch.zeros(n, 2)), AllToAll(torch.zeros(n, 2)), AllReduce(torch.zeros(1))])
+    assert sorted(type(f).__name__ for f in fused) == ["AllReduce", "AllToAll", "AllToAll"]
+    merged = run_lockstep([merge([proto(r, 0.0), proto(r, 0.5)]) for r in range(n)])
+    for rank in range(n):
+        for j, offset in enumerate((0.0, 0.5)):
+            got_a, got_b, total = merged[rank][j]
+            expected = torch.stack([torch.arange(2 * rank, 2 * rank + 2, dtype=torch.float32) + 10 * peer + offset
+                                    for peer in range(n)])
+            assert torch.equal(got_a, expected) and torch.equal(got_b, -expected)
+            assert torch.equal(total, torch.full((2,), float(n)))

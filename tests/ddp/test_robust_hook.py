@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
-from ddp.robust_workers import WidthProbe, byzantine_training, model_wide, tampered_topk
+from ddp.robust_workers import (
+    WidthProbe,
+    alie_training,
+    byzantine_training,
+    model_wide,
+    momentum_placement,
+    tampered_topk,
+)
 from dist_utils import run_workers
 
 from commlib import robust
 from commlib.ddp.robust import RobustState
+from commlib.train import mlp
 
 WORLD = 4
+ALIE_STEPS = 300  # the trainer's default run length
 
 
 def flag():
@@ -19,6 +30,10 @@ def flag():
 
 def krum():
     return robust.Krum(f=0)
+
+
+def trimmed_mean():
+    return robust.TrimmedMean(f=1)
 
 
 def test_rule_sees_whole_gradients_and_every_rank_agrees():
@@ -42,15 +57,37 @@ def test_rule_is_called_once_on_the_whole_model():
     assert torch.equal(first["hooked"], torch.full_like(first["hooked"], float(first["hooked"].numel())))
 
 
-def test_alie_breaks_the_mean_but_not_flag():
-    """Rank 1 runs ALIE (z = 4): the mean collapses, Flag keeps >= 85% test accuracy, ranks end identical."""
-    rules = {"mean": robust.Mean, "flag": flag}
-    results = run_workers(byzantine_training, WORLD, rules, robust.ALIE(z=4.0), 120, timeout=420)
+def test_alie_breaks_the_mean_but_not_flag_or_the_trimmed_mean():
+    """Rank 1 runs ALIE (z = 4) under the trainer's protocol (worker momentum 0.9, 64 examples per worker): the mean
+    collapses, Flag and the trimmed mean keep >= 85% test accuracy, and every rank ends with the same bits."""
+    rules = {"mean": robust.Mean, "flag": flag, "trimmed_mean": trimmed_mean}
+    results = run_workers(alie_training, WORLD, rules, ALIE_STEPS, timeout=900)
     for name in rules:
         for r in results:
             assert torch.equal(r[name]["params"], results[0][name]["params"])
     assert results[0]["mean"]["accuracy"] < 0.5
     assert results[0]["flag"]["accuracy"] >= 0.85
+    assert results[0]["trimmed_mean"]["accuracy"] >= 0.85
+
+
+def test_worker_momentum_under_the_mean_is_optimizer_momentum():
+    """Σ-linear rule: the mean of the workers' momenta m ← 0.9·m + g is heavy-ball momentum of the mean gradient,
+    so plain SGD on it ends where SGD with momentum 0.9 does — also after DDP rebuilt its (many, tiny) buckets,
+    which would scramble a momentum kept by bucket position. The momentum checkpoints by parameter name."""
+    results = run_workers(momentum_placement, WORLD, 12, timeout=300)
+    first = results[0]
+    assert first[True]["buckets"] > 2
+    for r in results:
+        assert torch.equal(r[True]["params"], first[True]["params"])
+    torch.testing.assert_close(first[True]["params"], first[False]["params"], rtol=1e-4, atol=1e-6)
+    state = first[True]["state"]
+    assert set(state["momentum"]) == {f"module.{name}" for name, _ in mlp(hidden=64, depth=2).named_parameters()}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=True)
+    assert loaded["step"] == 12 and set(loaded["momentum"]) == set(state["momentum"])
+    assert first[False]["state"]["momentum"] == {}
 
 
 def test_non_finite_attack_never_reaches_the_parameters():
@@ -61,13 +98,16 @@ def test_non_finite_attack_never_reaches_the_parameters():
     assert results[0]["median"]["faulty_rows"] == 20
 
 
-def test_out_of_range_indices_count_as_a_faulty_worker():
-    """A Byzantine top-k payload with indices far out of range is a fault on every rank, never a crash."""
-    results = run_workers(tampered_topk, WORLD, 10, timeout=240)
-    for r in results:
-        assert r["faulty_rows"] == 10
-        assert bool(torch.isfinite(r["params"]).all())
-        assert torch.equal(r["params"], results[0]["params"])
+def test_malformed_payloads_count_as_a_faulty_worker():
+    """Byzantine top-k payloads with indices far out of range, one pair short, or 16 bytes too long are a fault on
+    every rank, never a crash; no pickling collective runs (they are made to raise in the workers)."""
+    results = run_workers(tampered_topk, WORLD, 10, timeout=300)
+    assert set(results[0]) == {"out_of_range", "truncated", "overlong"}
+    for kind in results[0]:
+        for r in results:
+            assert r[kind]["faulty_rows"] == 10, kind
+            assert bool(torch.isfinite(r[kind]["params"]).all())
+            assert torch.equal(r[kind]["params"], results[0][kind]["params"])
 
 
 @pytest.mark.parametrize(
@@ -76,6 +116,8 @@ def test_out_of_range_indices_count_as_a_faulty_worker():
         ({"byzantine": [7]}, "byzantine ranks must lie in"),
         ({"byzantine": [0]}, "give an attack exactly when"),
         ({"attack": robust.SignFlip()}, "give an attack exactly when"),
+        ({"worker_momentum": 1.0}, "worker_momentum must be"),
+        ({"worker_momentum": -0.1}, "worker_momentum must be"),
     ],
 )
 def test_bad_configuration_is_refused(kwargs, problem, monkeypatch):
