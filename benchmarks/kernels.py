@@ -11,6 +11,9 @@ a warm-up). Every kernel's output is checked against its reference first.
   (:func:`commlib.ops.topk_threshold`);
 - bit packing, 1/2/4/8 bits, pack and unpack of ``d`` codes, against a copy of
   the ``d`` code bytes;
+- fused error-feedback top-k (:func:`commlib.ops.ef_topk_`: ``e += g``, top-k,
+  zero the selected entries of ``e``) against the unfused sequence
+  ``e.add_(g)``, ``topk_threshold``, ``index_fill_``;
 - fused QSGD (4 bits, buckets of 128, l2): encode (quantize + pack) and
   decode-add, against ``memcpy`` of the float32 input;
 - at ``d = 2**24`` (``--sketch-d``): count sketch (1 and 5 rows, ``d/100``
@@ -25,6 +28,7 @@ throughput) and writes JSON (default ``benchmarks/results/kernels.json``).
 Usage::
 
     python benchmarks/kernels.py [--sizes 1000000 25000000 100000000] [--threads 2] [--repeats 5] [--out PATH]
+    python benchmarks/kernels.py --quick   # smoke run: d = 1M, sketches at 2**20, 3 repeats
 """
 
 from __future__ import annotations
@@ -108,6 +112,7 @@ def size_cases(d: int, with_reference: bool, seed: int) -> list[Case]:
     ]
     if with_reference:
         cases.append(Case("topk", "topk reference", lambda: reference.topk_magnitude(x, k), fbytes, "torch.topk(|x|)"))
+    cases += ef_topk_cases(x, k, fbytes)
     codes = torch.randint(0, 2, (d,), dtype=torch.uint8, generator=gen)
     code_copy = torch.empty_like(codes)
     cases.append(Case("copy", "memcpy (uint8 codes)", lambda: code_copy.copy_(codes), d, "memcpy (uint8 codes)",
@@ -135,6 +140,27 @@ def size_cases(d: int, with_reference: bool, seed: int) -> list[Case]:
         cases.append(Case("qsgd", "qsgd encode reference", lambda: reference.qsgd_encode(x, 128, 7, 4, False, 1),
                           fbytes, "memcpy (float32)"))
     return cases
+
+
+def unfused_ef_topk(e: Tensor, g: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The EF14 step that :func:`commlib.ops.ef_topk_` fuses: ``e += g``; top-k of ``e``; zero those entries."""
+    e.add_(g)
+    values, indices = ops.topk_threshold(e, k)
+    e.index_fill_(0, indices.long(), 0.0)
+    return values, indices
+
+
+def ef_topk_cases(g: Tensor, k: int, fbytes: int) -> list[Case]:
+    """Fused vs unfused error-feedback top-k; both start from equal residuals, checked equal after one step."""
+    e_fused, e_unfused = torch.zeros_like(g), torch.zeros_like(g)
+    fused, plain = ops.ef_topk_(e_fused, g, k), unfused_ef_topk(e_unfused, g, k)
+    assert all(torch.equal(a, b) for a, b in zip(fused, plain)), "ef_topk_ differs from the unfused step"
+    assert torch.equal(e_fused, e_unfused), "ef_topk_ leaves another residual than the unfused step"
+    unfused_name = "ef top-k unfused (add+topk+fill)"
+    return [
+        Case("ef", unfused_name, lambda: unfused_ef_topk(e_unfused, g, k), fbytes, unfused_name),
+        Case("ef", "ef top-k fused (ef_topk_)", lambda: ops.ef_topk_(e_fused, g, k), fbytes, unfused_name),
+    ]
 
 
 def sketch_cases(d: int, with_reference: bool, seed: int) -> list[Case]:
@@ -201,7 +227,10 @@ def main() -> None:
                         help="time the pure-torch references only up to this size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--quick", action="store_true", help="smoke run: d = 1M, sketches at 2**20, 3 repeats")
     args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.sketch_d, args.repeats = [1_000_000], 2**20, 3
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
     rows: list[dict] = []

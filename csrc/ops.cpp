@@ -15,6 +15,8 @@ TORCH_LIBRARY(commlib, m) {
   m.def("topk_magnitude(Tensor x, int k) -> (Tensor, Tensor)", {at::Tag::pt2_compliant_tag});
   // Same contract and result as topk_magnitude; seed only picks the sample that estimates the threshold.
   m.def("topk_threshold(Tensor x, int k, int seed) -> (Tensor, Tensor)", {at::Tag::pt2_compliant_tag});
+  // Fused error feedback (see topk.h): e += g, (values, int32 indices) = topk_threshold(e, k, seed), e[indices] = 0.
+  m.def("ef_topk_(Tensor(a!) e, Tensor g, int k, int seed) -> (Tensor, Tensor)", {at::Tag::pt2_compliant_tag});
   // x: 1-D contiguous finite float32. Returns (float32 scale per bucket, packed codes); see qsgd.h.
   m.def("qsgd_encode(Tensor x, int bucket_size, int levels, int bits, bool max_norm, int seed) -> (Tensor, Tensor)",
         {at::Tag::pt2_compliant_tag});

@@ -39,12 +39,33 @@ inline void check_topk_args(const char* op, const at::Tensor& x, int64_t k) {
   TORCH_CHECK_VALUE(k >= 0 && k <= x.numel(), op, ": k must be in [0, ", x.numel(), "], got ", k);
 }
 
+// Fused error-feedback step ef_topk_(e, g, k, seed) (EF14, Seide et al.
+// 2014; Stich et al. 2018): u = e + g is written into e, the top-k of u by
+// the contract above is returned, and e is zeroed at the selected indices,
+// leaving e = u - C(u). Same set, values and residual as the unfused
+// e.add_(g); topk_threshold(e, k, seed); e[indices] = 0. A NaN in u raises
+// after e already holds u (as in the unfused sequence).
+inline void check_ef_topk_args(const at::Tensor& e, const at::Tensor& g, int64_t k) {
+  const char* op = "ef_topk_";
+  check_topk_args(op, e, k);
+  TORCH_CHECK_VALUE(g.scalar_type() == at::kFloat && g.dim() == 1 && g.is_contiguous(), op,
+                    ": g must be a contiguous 1-D float32 tensor");
+  TORCH_CHECK_VALUE(g.numel() == e.numel(), op, ": g has ", g.numel(), " elements, e has ", e.numel());
+  TORCH_CHECK_VALUE(g.device() == e.device(), op, ": e and g must be on one device");
+  const float* eb = e.data_ptr<float>();
+  const float* gb = g.data_ptr<float>();
+  const int64_t n = e.numel();
+  TORCH_CHECK_VALUE(n == 0 || eb == gb || eb + n <= gb || gb + n <= eb, op, ": e and g overlap partially");
+}
+
 std::tuple<at::Tensor, at::Tensor> topk_magnitude_cpu(const at::Tensor& x, int64_t k);
 std::tuple<at::Tensor, at::Tensor> topk_threshold_cpu(const at::Tensor& x, int64_t k, int64_t seed);
+std::tuple<at::Tensor, at::Tensor> ef_topk_cpu(const at::Tensor& e, const at::Tensor& g, int64_t k, int64_t seed);
 
 #ifdef WITH_CUDA
 std::tuple<at::Tensor, at::Tensor> topk_magnitude_cuda(const at::Tensor& x, int64_t k);
 std::tuple<at::Tensor, at::Tensor> topk_threshold_cuda(const at::Tensor& x, int64_t k, int64_t seed);
+std::tuple<at::Tensor, at::Tensor> ef_topk_cuda(const at::Tensor& e, const at::Tensor& g, int64_t k, int64_t seed);
 #endif
 
 }  // namespace commlib

@@ -15,6 +15,8 @@ The ops:
 - :func:`pack_bits`, :func:`unpack_bits` — 1/2/4/8-bit codes to bytes and back;
 - :func:`topk_magnitude` (exact radix select) and :func:`topk_threshold`
   (sampled threshold, one streaming pass; the same result, faster);
+- :func:`ef_topk_` (error feedback with top-k: ``e += g``, select, zero the
+  selected entries of ``e``, fused);
 - :func:`qsgd_encode` (quantize + pack), :func:`qsgd_decode_add`
   (validate, unpack, dequantize, accumulate);
 - :func:`count_sketch_add_`, :func:`count_unsketch` (count sketch, hashes
@@ -42,6 +44,7 @@ __all__ = [
     "backend",
     "count_sketch_add_",
     "count_unsketch",
+    "ef_topk_",
     "pack_bits",
     "packed_length",
     "qsgd_decode_add",
@@ -186,6 +189,24 @@ def topk_threshold(x: Tensor, k: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     if _has_kernel(x, torch.float32):
         return torch.ops.commlib.topk_threshold(x.contiguous(), k, _as_int64(seed))
     return _reference.topk_threshold(x, k, seed)
+
+
+def ef_topk_(e: Tensor, g: Tensor, k: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Fused error-feedback top-k: ``e += g``; the top-k of the new ``e``; ``e`` zeroed there. Returns the top-k.
+
+    The result and the final ``e`` are exactly those of the unfused
+    ``e.add_(g); v, i = topk_threshold(e, k, seed); e[i] = 0`` (values
+    ``u[i]`` of ``u = e + g``, int32 indices sorted, ties to the lower index),
+    in two passes over the vectors on the kernel's path. ``e`` and ``g`` are
+    1-D tensors of one shape and dtype; ``e`` must be contiguous on the kernel
+    path (float32 on a kernel device), else the reference runs.
+    """
+    for name, t in (("e", e), ("g", g)):
+        if not isinstance(t, Tensor) or t.dim() != 1:
+            raise ValueError(f"ef_topk_: {name} must be a 1-D tensor, got {getattr(t, 'shape', type(t).__name__)}")
+    if _has_kernel(e, torch.float32) and e.is_contiguous() and g.dtype == torch.float32 and g.device == e.device:
+        return torch.ops.commlib.ef_topk_(e, g.contiguous(), k, _as_int64(seed))
+    return _reference.ef_topk_(e, g, k, seed)
 
 
 def qsgd_encode(

@@ -72,6 +72,13 @@ def _topk_threshold_fake(x: Tensor, k: int, seed: int) -> tuple[Tensor, Tensor]:
     return _topk_fake("topk_threshold", x, k)
 
 
+@_register_fake("commlib::ef_topk_")
+def _ef_topk_fake(e: Tensor, g: Tensor, k: int, seed: int) -> tuple[Tensor, Tensor]:
+    _check_vector("ef_topk_", g, torch.float32)
+    torch._check_value(g.shape[0] == e.shape[0], lambda: f"ef_topk_: g has {g.shape[0]} elements, e has {e.shape[0]}")
+    return _topk_fake("ef_topk_", e, k)
+
+
 @_register_fake("commlib::qsgd_encode")
 def _qsgd_encode_fake(
     x: Tensor, bucket_size: int, levels: int, bits: int, max_norm: bool, seed: int

@@ -21,6 +21,7 @@ __all__ = [
     "count_sketch_add_",
     "count_sketch_hashes",
     "count_unsketch",
+    "ef_topk_",
     "hash32",
     "pack_bits",
     "packed_length",
@@ -135,6 +136,23 @@ def topk_threshold(x: Tensor, k: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     is :func:`topk_magnitude`.
     """
     return topk_magnitude(x, k)
+
+
+def ef_topk_(e: Tensor, g: Tensor, k: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """One error-feedback step with top-k (EF14: Seide et al. 2014; Stich et al. 2018), ``e`` updated in place.
+
+    Steps: 1. ``u = e + g``, written into ``e``; 2. ``(values, indices) =
+    topk_magnitude(u, k)`` (the contract of :func:`topk_magnitude`; ``seed``
+    only steers the kernel's sampled threshold); 3. ``e[indices] = 0``, so
+    ``e = u − C(u)``. A NaN in ``u`` raises ``ValueError`` after step 1.
+    """
+    if g.shape != e.shape or g.dtype != e.dtype:
+        raise ValueError(f"ef_topk_: g must match e, got {g.dtype} {tuple(g.shape)} and {e.dtype} {tuple(e.shape)}")
+    _check_topk(e, k)  # shape and k, before e is touched
+    e.add_(g)
+    values, indices = topk_magnitude(e, k)
+    e.index_fill_(0, indices.long(), 0.0)
+    return values, indices
 
 
 _INT32_MAX = 2**31 - 1

@@ -5,8 +5,9 @@
 // Work is split into blocks of whole buckets whose length is also a
 // multiple of 8 codes, so every block starts on a byte of the packed output
 // and blocks are independent (parallel, any thread count, same bytes).
-//   encode, per block: for each bucket, one pass for top (and a finiteness
-//     check), one for c, one that writes the codes to an L2-resident scratch
+//   encode, per block: for each bucket, one pass for the maximum key (and a
+//     finiteness check) fused with the l2 sum, one that writes the codes
+//     (AVX-512: 16 at a time, hash included) to an L2-resident scratch
 //     buffer; then the scratch is packed into the block's bytes.
 //   decode: first every scale and every code is validated (a malformed
 //     payload raises before out is touched), then per block the codes are
@@ -26,6 +27,10 @@
 
 #include "../hash.h"
 #include "swar.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace commlib {
 namespace {
@@ -70,57 +75,114 @@ inline bool is_finite_bits(float v) {
   return (b & 0x7F800000u) != 0x7F800000u;
 }
 
-// Quantizes one bucket x[0, len) (global offset `first`) into codes; returns
-// its scale, or -1 if the bucket holds a NaN or an infinity or its norm
-// overflows float32. Every loop is written to vectorize: the maximum over
-// integer keys, the double sum in 8 fixed lanes (a fixed order, so the same
-// bits for any thread count), the quantization branch-free.
-float quantize_bucket(const float* __restrict__ x, int64_t len, uint32_t first, int64_t levels, bool max_norm,
-                      uint64_t seed, uint8_t* __restrict__ codes) {
-  uint32_t top_key = 0;
-  for (int64_t j = 0; j < len; ++j) {
+// The bucket's largest magnitude key (the float bits with the sign cleared)
+// and the l2 partial sums: lanes[k] = sum of x[8t + k]^2 in double, t in
+// order (a fixed order, so the same bits for any thread count or path).
+struct BucketStats {
+  uint32_t top_key;
+  double lanes[8];
+};
+
+BucketStats bucket_stats(const float* __restrict__ x, int64_t len, bool want_squares) {
+  BucketStats st{0, {0, 0, 0, 0, 0, 0, 0, 0}};
+  const int64_t whole = len / 8 * 8;
+  int64_t j = 0;
+#if defined(__AVX512F__)
+  // 16 floats per step: both halves add to the same 8 double lanes, low half
+  // first, which is the scalar loop's order.
+  __m512i top = _mm512_setzero_si512();
+  __m512d acc = _mm512_setzero_pd();
+  const __m512i magnitude = _mm512_set1_epi32(0x7FFFFFFF);
+  for (; j + 16 <= len; j += 16) {
+    const __m512 v = _mm512_loadu_ps(x + j);
+    top = _mm512_max_epu32(top, _mm512_and_si512(_mm512_castps_si512(v), magnitude));
+    if (want_squares) {
+      const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+      const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+      acc = _mm512_add_pd(acc, _mm512_mul_pd(lo, lo));
+      acc = _mm512_add_pd(acc, _mm512_mul_pd(hi, hi));
+    }
+  }
+  st.top_key = _mm512_reduce_max_epu32(top);
+  _mm512_storeu_pd(st.lanes, acc);
+#endif
+  for (int64_t t = j; t < len; ++t) {
     uint32_t bits;
-    std::memcpy(&bits, x + j, sizeof(bits));
-    top_key = std::max(top_key, bits & 0x7FFFFFFFu);
+    std::memcpy(&bits, x + t, sizeof(bits));
+    st.top_key = std::max(st.top_key, bits & 0x7FFFFFFFu);
   }
-  if (top_key >= 0x7F800000u) {
-    return -1.0f;
-  }
-  const uint8_t zero_code = static_cast<uint8_t>(levels);
-  if (top_key == 0) {
-    std::fill(codes, codes + len, zero_code);
-    return 0.0f;
-  }
-  double norm;
-  if (max_norm) {
-    float top;
-    std::memcpy(&top, &top_key, sizeof(top));
-    norm = top;
-  } else {
-    double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    const int64_t whole = len / 8 * 8;
-    for (int64_t j = 0; j < whole; j += 8) {
+  if (want_squares) {
+    for (; j < whole; j += 8) {
       for (int k = 0; k < 8; ++k) {
         const double v = x[j + k];
-        lanes[k] += v * v;
+        st.lanes[k] += v * v;
       }
     }
-    for (int64_t j = whole; j < len; ++j) {
+    for (; j < len; ++j) {
       const double v = x[j];
-      lanes[j - whole] += v * v;
+      st.lanes[j - whole] += v * v;
     }
-    norm = std::sqrt(((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7])));
   }
-  const float scale = static_cast<float>(norm);
-  if (!is_finite_bits(scale)) {
-    return -1.0f;
-  }
+  return st;
+}
+
+// codes[j] for x[0, len) at global indices first + j, given ratio = s / norm
+// (see ../qsgd.h). Branch-free; with AVX-512 16 elements per step: |x| to
+// double, times ratio, min with s (min_pd keeps the same operand as the
+// scalar `scaled < s ? scaled : s`), back to float, floor, the counter hash
+// on 16 32-bit lanes, and the codes narrowed to bytes. Bitwise the scalar
+// loop's result, which finishes the tail.
+void quantize_codes(const float* __restrict__ x, int64_t len, uint32_t first, int64_t levels, double ratio,
+                    uint64_t seed, uint8_t* __restrict__ codes) {
   const double s = static_cast<double>(levels);
-  const double ratio = s / norm;
   const uint32_t key_lo = static_cast<uint32_t>(seed);
   const uint32_t key_hi = static_cast<uint32_t>(seed >> 32);
   const int32_t center = static_cast<int32_t>(levels);
-  for (int64_t j = 0; j < len; ++j) {
+  int64_t j = 0;
+#if defined(__AVX512F__)
+  const __m512d ratio_v = _mm512_set1_pd(ratio);
+  const __m512d s_v = _mm512_set1_pd(s);
+  const __m512i center_v = _mm512_set1_epi32(center);
+  const __m512i one = _mm512_set1_epi32(1);
+  const __m512i golden = _mm512_set1_epi32(static_cast<int32_t>(0x9E3779B1u));
+  const __m512i key_lo_v = _mm512_set1_epi32(static_cast<int32_t>(key_lo));
+  const __m512i key_hi_v = _mm512_set1_epi32(static_cast<int32_t>(key_hi));
+  const __m512i m1 = _mm512_set1_epi32(static_cast<int32_t>(0x85EBCA6Bu));
+  const __m512i m2 = _mm512_set1_epi32(static_cast<int32_t>(0xC2B2AE35u));
+  const __m512 inv24 = _mm512_set1_ps(1.0f / 16777216.0f);
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const auto fmix = [&](__m512i h) {
+    h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+    h = _mm512_mullo_epi32(h, m1);
+    h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 13));
+    h = _mm512_mullo_epi32(h, m2);
+    return _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+  };
+  for (; j + 16 <= len; j += 16) {
+    const __m512 v = _mm512_loadu_ps(x + j);
+    const __m512 mag = _mm512_abs_ps(v);
+    __m512d lo = _mm512_mul_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(mag)), ratio_v);
+    __m512d hi = _mm512_mul_pd(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(mag), 1))),
+                               ratio_v);
+    lo = _mm512_min_pd(lo, s_v);
+    hi = _mm512_min_pd(hi, s_v);
+    const __m512 y = _mm512_castpd_ps(
+        _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(_mm512_cvtpd_ps(lo))),
+                           _mm256_castps_pd(_mm512_cvtpd_ps(hi)), 1));
+    const __m512 floor_y = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    const __m512i index = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(first + static_cast<uint32_t>(j))),
+                                           lane);
+    const __m512i h = fmix(_mm512_xor_si512(fmix(_mm512_add_epi32(_mm512_mullo_epi32(index, golden), key_lo_v)),
+                                            key_hi_v));
+    const __m512 coin = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(h, 8)), inv24);
+    const __mmask16 up = _mm512_cmp_ps_mask(coin, _mm512_sub_ps(y, floor_y), _CMP_LT_OQ);
+    const __m512i level = _mm512_mask_add_epi32(_mm512_cvttps_epi32(floor_y), up, _mm512_cvttps_epi32(floor_y), one);
+    const __mmask16 negative = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
+    const __m512i code = _mm512_mask_sub_epi32(_mm512_add_epi32(center_v, level), negative, center_v, level);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + j), _mm512_cvtepi32_epi8(code));
+  }
+#endif
+  for (; j < len; ++j) {
     const double scaled = static_cast<double>(std::fabs(x[j])) * ratio;
     const float y = static_cast<float>(scaled < s ? scaled : s);
     const float floor_y = std::floor(y);
@@ -128,6 +190,37 @@ float quantize_bucket(const float* __restrict__ x, int64_t len, uint32_t first, 
     const int32_t level = static_cast<int32_t>(floor_y) + (coin < y - floor_y ? 1 : 0);
     codes[j] = static_cast<uint8_t>(x[j] < 0.0f ? center - level : center + level);
   }
+}
+
+// Quantizes one bucket x[0, len) (global offset `first`) into codes; returns
+// its scale, or -1 if the bucket holds a NaN or an infinity or its norm
+// overflows float32. Two passes over the (L1-resident) bucket: its stats
+// (maximum key, which doubles as the finiteness check, and the l2 lanes),
+// then the codes.
+float quantize_bucket(const float* __restrict__ x, int64_t len, uint32_t first, int64_t levels, bool max_norm,
+                      uint64_t seed, uint8_t* __restrict__ codes) {
+  const BucketStats st = bucket_stats(x, len, !max_norm);
+  if (st.top_key >= 0x7F800000u) {
+    return -1.0f;
+  }
+  if (st.top_key == 0) {
+    std::fill(codes, codes + len, static_cast<uint8_t>(levels));
+    return 0.0f;
+  }
+  double norm;
+  if (max_norm) {
+    float top;
+    std::memcpy(&top, &st.top_key, sizeof(top));
+    norm = top;
+  } else {
+    const double* l = st.lanes;
+    norm = std::sqrt(((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7])));
+  }
+  const float scale = static_cast<float>(norm);
+  if (!is_finite_bits(scale)) {
+    return -1.0f;
+  }
+  quantize_codes(x, len, first, levels, static_cast<double>(levels) / norm, seed, codes);
   return scale;
 }
 

@@ -1,8 +1,12 @@
 // CPU kernels of the sketching ops (math in ../sketch.h).
 //
-// count_sketch_add_: rows are independent, so threads take whole rows and
-//   each row is accumulated in index order (the same order as the
-//   reference's per-row index_add_).
+// count_sketch_add_: every cell is accumulated in index order (the order of
+//   the reference's per-row index_add_), so the result has the same bits for
+//   any thread count. With at least as many rows as threads, threads take
+//   whole rows; with fewer (one row, say) each row runs on all threads,
+//   each thread owning a column range: it computes every bucket, and the
+//   signs of the elements in its range only, and adds those (see
+//   sketch_row_parallel).
 // count_unsketch: in parallel over chunks of elements; the r signed counters
 //   of a chunk are stored row-major (r rows of the chunk's length), sorted
 //   column-wise by odd-even transposition (r rounds of compare-exchanges
@@ -10,9 +14,12 @@
 //   the lower median's row copied out. The table must be finite, so min/max
 //   order like a sort.
 // srht / srht_transpose: in parallel over blocks; each block is transformed
-//   in a thread-local buffer with the iterative butterfly (stage h pairs
-//   element t with t + h inside runs of 2h), whose inner loop over a run is
-//   contiguous and vectorizes for h >= 8.
+//   in a thread-local (L1-resident) buffer with the iterative butterfly
+//   (stage h pairs element t with t + h inside runs of 2h). With AVX-512 the
+//   signs are hashed 16 at a time, stages 1, 2, 4, 8 run inside a register
+//   (fused with the sign flip in srht), and the remaining stages two at a
+//   time (radix 4), whose contiguous inner loops vectorize. Same butterflies,
+//   same operands: the same bits as the reference.
 #include "../sketch.h"
 
 #include <algorithm>
@@ -36,21 +43,115 @@ void check_float_vector(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK_VALUE(t.dim() == 1 && t.is_contiguous(), op, ": ", name, " must be a contiguous 1-D tensor");
 }
 
-// In-place unnormalized Walsh-Hadamard transform of v[0, n), n a power of 2.
-void fwht_inplace(float* __restrict__ v, int64_t n) {
-  for (int64_t h = 1; h < n; h *= 2) {
-    for (int64_t start = 0; start < n; start += 2 * h) {
-      float* __restrict__ lo = v + start;
-      float* __restrict__ hi = v + start + h;
-      for (int64_t t = 0; t < h; ++t) {
-        const float u = lo[t];
-        const float w = hi[t];
-        lo[t] = u + w;
-        hi[t] = u - w;
-      }
+// One butterfly stage h of the unnormalized Walsh-Hadamard transform on
+// v[0, n): (v[t], v[t + h]) -> (v[t] + v[t + h], v[t] - v[t + h]) for every t
+// with bit h clear. Every stage's outputs depend only on the stage before, so
+// any grouping of the butterflies inside a stage, and any fusing of
+// consecutive stages that keeps each butterfly's two operations, gives the
+// same bits as the plain loop below.
+void fwht_stage(float* __restrict__ v, int64_t n, int64_t h) {
+  for (int64_t start = 0; start < n; start += 2 * h) {
+    float* __restrict__ lo = v + start;
+    float* __restrict__ hi = v + start + h;
+    for (int64_t t = 0; t < h; ++t) {
+      const float u = lo[t];
+      const float w = hi[t];
+      lo[t] = u + w;
+      hi[t] = u - w;
     }
   }
 }
+
+// Stages h and 2h fused (radix 4): each group of four elements t, t + h,
+// t + 2h, t + 3h is loaded once for both stages.
+void fwht_stage_pair(float* __restrict__ v, int64_t n, int64_t h) {
+  for (int64_t start = 0; start < n; start += 4 * h) {
+    float* __restrict__ p0 = v + start;
+    float* __restrict__ p1 = p0 + h;
+    float* __restrict__ p2 = p1 + h;
+    float* __restrict__ p3 = p2 + h;
+    for (int64_t t = 0; t < h; ++t) {
+      const float a = p0[t] + p1[t];
+      const float b = p0[t] - p1[t];
+      const float c = p2[t] + p3[t];
+      const float d = p2[t] - p3[t];
+      p0[t] = a + c;
+      p2[t] = a - c;
+      p1[t] = b + d;
+      p3[t] = b - d;
+    }
+  }
+}
+
+#if defined(__AVX512F__)
+// Stages h = 1, 2, 4, 8 inside one 16-float register: the partner of lane l
+// is lane l ^ h (a permute); lanes with bit h clear keep u + w, the others
+// take u - w (partner minus self), the scalar butterfly's operands.
+inline __m512 fwht16(__m512 v) {
+  __m512 p = _mm512_permute_ps(v, 0xB1);
+  v = _mm512_mask_blend_ps(0xAAAA, _mm512_add_ps(v, p), _mm512_sub_ps(p, v));
+  p = _mm512_permute_ps(v, 0x4E);
+  v = _mm512_mask_blend_ps(0xCCCC, _mm512_add_ps(v, p), _mm512_sub_ps(p, v));
+  p = _mm512_shuffle_f32x4(v, v, 0xB1);
+  v = _mm512_mask_blend_ps(0xF0F0, _mm512_add_ps(v, p), _mm512_sub_ps(p, v));
+  p = _mm512_shuffle_f32x4(v, v, 0x4E);
+  return _mm512_mask_blend_ps(0xFF00, _mm512_add_ps(v, p), _mm512_sub_ps(p, v));
+}
+
+// The counter hash of sketch.h's signs, hash32(seed, i), for the 16 indices
+// first + 0..15 (all below 2^32, so the high-counter term is zero), as a
+// mask of the odd ones (sign -1).
+inline __mmask16 odd_hash_mask16(uint32_t key_lo, uint32_t key_hi, uint32_t first) {
+  const __m512i m1 = _mm512_set1_epi32(static_cast<int32_t>(0x85EBCA6Bu));
+  const __m512i m2 = _mm512_set1_epi32(static_cast<int32_t>(0xC2B2AE35u));
+  const auto fmix = [&](__m512i h) {
+    h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+    h = _mm512_mullo_epi32(h, m1);
+    h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 13));
+    h = _mm512_mullo_epi32(h, m2);
+    return _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+  };
+  const __m512i index = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(first)),
+                                         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  const __m512i h = fmix(_mm512_xor_si512(
+      fmix(_mm512_add_epi32(_mm512_mullo_epi32(index, _mm512_set1_epi32(static_cast<int32_t>(0x9E3779B1u))),
+                            _mm512_set1_epi32(static_cast<int32_t>(key_lo)))),
+      _mm512_set1_epi32(static_cast<int32_t>(key_hi))));
+  return _mm512_test_epi32_mask(h, _mm512_set1_epi32(1));
+}
+
+inline __m512 signs16(uint64_t seed, int64_t first) {
+  const __mmask16 odd = odd_hash_mask16(static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32),
+                                        static_cast<uint32_t>(first));
+  return _mm512_mask_blend_ps(odd, _mm512_set1_ps(1.0f), _mm512_set1_ps(-1.0f));
+}
+#endif
+
+// The vectorized sign path needs 16 indices below 2^32.
+inline bool small_indices(int64_t first, int64_t len) { return first + len <= (int64_t{1} << 32); }
+
+// In-place unnormalized Walsh-Hadamard transform of v[0, n), n a power of 2,
+// from stage h = `from` on: stages below 16 in registers (when n >= 16 and
+// they are due), then the rest two at a time.
+void fwht_from(float* __restrict__ v, int64_t n, int64_t from) {
+  int64_t h = from;
+#if defined(__AVX512F__)
+  if (n >= 16 && h == 1) {
+    for (int64_t t = 0; t < n; t += 16) {
+      _mm512_storeu_ps(v + t, fwht16(_mm512_loadu_ps(v + t)));
+    }
+    h = 16;
+  }
+#endif
+  for (; 4 * h <= n; h *= 4) {
+    fwht_stage_pair(v, n, h);
+  }
+  if (h < n) {
+    fwht_stage(v, n, h);
+  }
+}
+
+void fwht_inplace(float* __restrict__ v, int64_t n) { fwht_from(v, n, 1); }
 
 constexpr int64_t kHashChunk = 2048;
 constexpr int64_t kParallelElements = 1 << 16;  // below this much work, one thread
@@ -155,6 +256,107 @@ std::vector<int64_t> checked_rows(const char* op, const at::Tensor& rows, int64_
 
 }  // namespace
 
+namespace {
+
+// Adds sign(i) * x[i - first] to row[bucket(i)] for the indices i in
+// [first, first + len) whose bucket lies in [lo, hi), in index order. The
+// bucket hash (one multiply-add mod P) is computed for every index, the sign
+// polynomial (three) only for the kept ones. AVX-512: 8 buckets per step,
+// the kept offsets compress-stored, then their signs 8 at a time with the
+// values gathered from x; the scalar loop computes the same formulas.
+void add_range_chunk(const CountSketchRow& h, float* __restrict__ row, uint64_t cols, uint64_t first, int64_t len,
+                     const float* __restrict__ x, int32_t lo, int32_t hi, int32_t* __restrict__ kept_bucket,
+                     int32_t* __restrict__ kept_offset, float* __restrict__ kept_value) {
+#if defined(__AVX512F__)
+  const __m512i a = _mm512_set1_epi64(static_cast<int64_t>(h.a));
+  const __m512i b = _mm512_set1_epi64(static_cast<int64_t>(h.b));
+  const __m512i c0 = _mm512_set1_epi64(static_cast<int64_t>(h.c0));
+  const __m512i c1 = _mm512_set1_epi64(static_cast<int64_t>(h.c1));
+  const __m512i c2 = _mm512_set1_epi64(static_cast<int64_t>(h.c2));
+  const __m512i c3 = _mm512_set1_epi64(static_cast<int64_t>(h.c3));
+  const __m512i n_cols = _mm512_set1_epi64(static_cast<int64_t>(cols));
+  const __m256i lo_v = _mm256_set1_epi32(lo);
+  const __m256i hi_v = _mm256_set1_epi32(hi);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m512i first_v = _mm512_set1_epi64(static_cast<int64_t>(first));
+  int64_t kept = 0;
+  int64_t t = 0;
+  for (; t + 8 <= len; t += 8) {
+    const __m256i offset = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(t)), lane);
+    const __m512i i = _mm512_add_epi64(first_v, _mm512_cvtepu32_epi64(offset));
+    const __m256i bkt = _mm512_cvtepi64_epi32(_mm512_srli_epi64(_mm512_mul_epu32(mul_add_mod_x8(a, i, b), n_cols), 31));
+    const __mmask8 in = _mm256_cmpge_epi32_mask(bkt, lo_v) & _mm256_cmplt_epi32_mask(bkt, hi_v);
+    _mm256_mask_compressstoreu_epi32(kept_bucket + kept, in, bkt);
+    _mm256_mask_compressstoreu_epi32(kept_offset + kept, in, offset);
+    kept += __builtin_popcount(in);
+  }
+  for (; t < len; ++t) {
+    const int32_t bkt = static_cast<int32_t>(h.bucket(first + static_cast<uint64_t>(t), cols));
+    if (bkt >= lo && bkt < hi) {
+      kept_bucket[kept] = bkt;
+      kept_offset[kept] = static_cast<int32_t>(t);
+      ++kept;
+    }
+  }
+  const __m512i one = _mm512_set1_epi64(1);
+  int64_t u = 0;
+  for (; u + 8 <= kept; u += 8) {
+    const __m256i offset = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kept_offset + u));
+    const __m512i i = _mm512_add_epi64(first_v, _mm512_cvtepu32_epi64(offset));
+    __m512i g = mul_add_mod_x8(c3, i, c2);
+    g = mul_add_mod_x8(g, i, c1);
+    g = mul_add_mod_x8(g, i, c0);
+    const __m256 sign = _mm256_mask_blend_ps(_mm512_test_epi64_mask(g, one), _mm256_set1_ps(1.0f), _mm256_set1_ps(-1.0f));
+    _mm256_storeu_ps(kept_value + u, _mm256_mul_ps(sign, _mm256_i32gather_ps(x, offset, 4)));
+  }
+  for (; u < kept; ++u) {
+    kept_value[u] = h.sign(first + static_cast<uint64_t>(kept_offset[u])) * x[kept_offset[u]];
+  }
+  for (int64_t v = 0; v < kept; ++v) {
+    row[kept_bucket[v]] += kept_value[v];
+  }
+#else
+  (void)kept_bucket;
+  (void)kept_offset;
+  (void)kept_value;
+  for (int64_t t = 0; t < len; ++t) {
+    const uint64_t at = first + static_cast<uint64_t>(t);
+    const int64_t bkt = h.bucket(at, cols);
+    if (bkt >= lo && bkt < hi) {
+      row[bkt] += h.sign(at) * x[t];
+    }
+  }
+#endif
+}
+
+// One row of the sketch on `parts` threads, for rows too few to split by row:
+// thread r owns the r-th of `parts` contiguous column ranges of the row. It
+// computes every element's bucket (the cheap hash), keeps the elements that
+// fall in its range, computes their signs (the costly hash) and adds them in
+// index order (random access, on a slice of the row that stays in the
+// thread's cache). Every cell receives its values in index order, as in the
+// serial loop and the reference: the same bits for any thread count, without
+// atomics or a barrier.
+void sketch_row_parallel(const CountSketchRow& h, float* row, uint64_t cols, const float* src, int64_t n,
+                         int64_t offset, int64_t parts) {
+  at::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
+    std::vector<int32_t> kept_bucket(kHashChunk);
+    std::vector<int32_t> kept_offset(kHashChunk);
+    std::vector<float> kept_value(kHashChunk);
+    for (int64_t r = first; r < last; ++r) {
+      const int32_t lo = static_cast<int32_t>(static_cast<int64_t>(cols) * r / parts);
+      const int32_t hi = static_cast<int32_t>(static_cast<int64_t>(cols) * (r + 1) / parts);
+      for (int64_t begin = 0; begin < n; begin += kHashChunk) {
+        const int64_t len = std::min(kHashChunk, n - begin);
+        add_range_chunk(h, row, cols, static_cast<uint64_t>(offset + begin), len, src + begin, lo, hi,
+                        kept_bucket.data(), kept_offset.data(), kept_value.data());
+      }
+    }
+  });
+}
+
+}  // namespace
+
 void count_sketch_add_cpu(const at::Tensor& table, const at::Tensor& x, int64_t seed, int64_t offset) {
   const char* op = "count_sketch_add_";
   check_sketch_table(op, table);
@@ -165,7 +367,18 @@ void count_sketch_add_cpu(const at::Tensor& table, const at::Tensor& x, int64_t 
   const float* src = x.data_ptr<float>();
   float* dst = table.data_ptr<float>();
   const int64_t n = x.numel();
-  // Small inputs stay on one thread: waking a pool costs more than the work.
+  const int64_t threads = at::get_num_threads();
+  // Fewer rows than threads and enough work: every row on all threads.
+  // Otherwise threads take whole rows; small inputs stay on one thread
+  // (waking a pool costs more than the work).
+  const int64_t parts = std::min<int64_t>({threads, 16, static_cast<int64_t>(cols)});
+  if (parts > 1 && rows < threads && n >= kParallelElements) {
+    for (int64_t j = 0; j < rows; ++j) {
+      sketch_row_parallel(CountSketchRow::make(static_cast<uint64_t>(seed), j), dst + j * static_cast<int64_t>(cols),
+                          cols, src, n, offset, parts);
+    }
+    return;
+  }
   at::parallel_for(0, rows, rows * n < kParallelElements ? rows : 1, [&](int64_t first, int64_t last) {
     std::vector<int32_t> bucket(kHashChunk);
     std::vector<float> value(kHashChunk);
@@ -240,11 +453,26 @@ at::Tensor srht_cpu(const at::Tensor& x, int64_t block, const at::Tensor& rows, 
     for (int64_t b = first; b < last; ++b) {
       const int64_t begin = b * block;
       const int64_t len = std::min(block, d - begin);
-      for (int64_t t = 0; t < len; ++t) {
-        v[t] = random_sign(static_cast<uint64_t>(seed), begin + t) * src[begin + t];
+      int64_t h_done = 1;
+#if defined(__AVX512F__)
+      // A whole block of >= 16 elements: signs and the first four stages in
+      // one pass over x.
+      if (len == block && block >= 16 && small_indices(begin, len)) {
+        for (int64_t t = 0; t < block; t += 16) {
+          const __m512 signed_x = _mm512_mul_ps(signs16(static_cast<uint64_t>(seed), begin + t),
+                                                _mm512_loadu_ps(src + begin + t));
+          _mm512_storeu_ps(v.data() + t, fwht16(signed_x));
+        }
+        h_done = 16;
       }
-      std::fill(v.begin() + len, v.end(), 0.0f);
-      fwht_inplace(v.data(), block);
+#endif
+      if (h_done == 1) {
+        for (int64_t t = 0; t < len; ++t) {
+          v[t] = random_sign(static_cast<uint64_t>(seed), begin + t) * src[begin + t];
+        }
+        std::fill(v.begin() + len, v.end(), 0.0f);
+      }
+      fwht_from(v.data(), block, h_done);
       for (int64_t r = 0; r < m; ++r) {
         dst[b * m + r] = v[picked[r]] * scale;
       }
@@ -279,7 +507,17 @@ at::Tensor srht_transpose_cpu(const at::Tensor& y, int64_t block, const at::Tens
       fwht_inplace(v.data(), block);
       const int64_t begin = b * block;
       const int64_t len = std::min(block, length - begin);
-      for (int64_t t = 0; t < len; ++t) {
+      int64_t t = 0;
+#if defined(__AVX512F__)
+      if (small_indices(begin, len)) {
+        const __m512 scale_v = _mm512_set1_ps(scale);
+        for (; t + 16 <= len; t += 16) {
+          _mm512_storeu_ps(dst + begin + t, _mm512_mul_ps(signs16(static_cast<uint64_t>(seed), begin + t),
+                                                          _mm512_mul_ps(_mm512_loadu_ps(v.data() + t), scale_v)));
+        }
+      }
+#endif
+      for (; t < len; ++t) {
         dst[begin + t] = random_sign(static_cast<uint64_t>(seed), begin + t) * (v[t] * scale);
       }
     }
