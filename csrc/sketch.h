@@ -5,8 +5,10 @@
 //
 // Count sketch, r rows x c columns, elements at global indices i < P:
 //   P = 2^31 - 1 (a Mersenne prime); per row j six 31-bit words w_t =
-//   hash32(seed, 8j + t) give a_j = 1 + w_0 mod (P - 1), b_j = w_1 mod P and
-//   the sign polynomial's c_{j,0..3} = w_{2..5} mod P;
+//   hash32(seed, 8j + 1 + t) give a_j = 1 + w_0 mod (P - 1), b_j = w_1 mod P
+//   and the sign polynomial's c_{j,0..3} = w_{2..5} mod P (counters start at
+//   1: hash32(0, 0) = 0 would make a_0 = 1 for seed 0, and a = 1 maps runs of
+//   2^31 / c consecutive indices to one bucket);
 //   bucket_j(i) = (((a_j i + b_j) mod P) * c) >> 31         (2-wise independent)
 //   sign_j(i)   = +1 if (((c3 i + c2) i + c1) i + c0 mod P) is even, else -1
 //                                                            (4-wise independent)
@@ -57,12 +59,12 @@ struct CountSketchRow {
   COMMLIB_HOST_DEVICE static CountSketchRow make(uint64_t seed, int64_t row) {
     const uint64_t base = 8 * static_cast<uint64_t>(row);
     CountSketchRow h;
-    h.a = 1 + hash32(seed, base + 0) % (kSketchPrime - 1);
-    h.b = hash32(seed, base + 1) % kSketchPrime;
-    h.c0 = hash32(seed, base + 2) % kSketchPrime;
-    h.c1 = hash32(seed, base + 3) % kSketchPrime;
-    h.c2 = hash32(seed, base + 4) % kSketchPrime;
-    h.c3 = hash32(seed, base + 5) % kSketchPrime;
+    h.a = 1 + hash32(seed, base + 1) % (kSketchPrime - 1);
+    h.b = hash32(seed, base + 2) % kSketchPrime;
+    h.c0 = hash32(seed, base + 3) % kSketchPrime;
+    h.c1 = hash32(seed, base + 4) % kSketchPrime;
+    h.c2 = hash32(seed, base + 5) % kSketchPrime;
+    h.c3 = hash32(seed, base + 6) % kSketchPrime;
     return h;
   }
 

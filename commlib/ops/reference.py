@@ -280,10 +280,10 @@ def _mod_p(x: Tensor) -> Tensor:
 def count_sketch_hashes(seed: int, row: int) -> tuple[int, int, int, int, int, int]:
     """Row ``row``'s hash coefficients ``(a, b, c0, c1, c2, c3)`` (``csrc/sketch.h``).
 
-    ``w_t = hash32(seed, 8·row + t)``; ``a = 1 + w_0 mod (P − 1)``, ``b = w_1 mod P``,
+    ``w_t = hash32(seed, 8·row + 1 + t)``; ``a = 1 + w_0 mod (P − 1)``, ``b = w_1 mod P``,
     ``c_t = w_{t+2} mod P`` with ``P = 2**31 − 1``.
     """
-    w = [int(v) for v in hash32(seed, torch.arange(8 * row, 8 * row + 6))]
+    w = [int(v) for v in hash32(seed, torch.arange(8 * row + 1, 8 * row + 7))]
     p = SKETCH_PRIME
     return 1 + w[0] % (p - 1), w[1] % p, w[2] % p, w[3] % p, w[4] % p, w[5] % p
 

@@ -42,7 +42,7 @@ def py_hash32(key: int, i: int) -> int:
 
 
 def py_row(seed: int, j: int) -> tuple[int, ...]:
-    w = [py_hash32(seed, 8 * j + t) for t in range(6)]
+    w = [py_hash32(seed, 8 * j + 1 + t) for t in range(6)]
     return 1 + w[0] % (P - 1), w[1] % P, w[2] % P, w[3] % P, w[4] % P, w[5] % P
 
 
@@ -108,6 +108,15 @@ def test_one_hot_sketch_matches_python_oracle(sketch, rows: int, cols: int) -> N
                 bucket, sign = py_bucket_sign(seed, j, cols, i)
                 expected[j, bucket] = sign
             assert torch.equal(table, expected), (seed, i)
+
+
+@pytest.mark.parametrize("sketch", [p[1] for p in SKETCH], ids=[p[0] for p in SKETCH])
+def test_every_row_spreads_consecutive_indices(sketch) -> None:
+    """Seed 0 included: 4096 consecutive ones land in most of 64 buckets in every row (a = 1 would use one)."""
+    for seed in (0, 1, 2**63 + 99):
+        table = torch.zeros(5, 64)
+        sketch(table, torch.ones(4096), seed, 0)
+        assert int((table != 0).sum(dim=1).min()) >= 48, seed
 
 
 # ---------------------------------------------------------------- count sketch: kernel == reference
