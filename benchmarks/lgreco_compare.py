@@ -6,7 +6,7 @@ the 4-worker :class:`~commlib.sim.Simulator`:
 * ``uniform`` — the family's compressor at the default on every compressed layer;
 * ``lgreco-norm`` — :class:`~commlib.adaptive.LGreCo` at ``α = 1`` with the paper's error
   measure (sum of per-layer Frobenius norms of the error on the accumulated gradient);
-* ``lgreco-sq`` — the same with commlib's default measure (sum of squared norms);
+* ``lgreco-sq`` — the same with ``error_metric="squared"`` (sum of squared norms);
 * ``accordion`` — :class:`~commlib.adaptive.Accordion` switching each layer between a light
   setting (twice the default's bytes: density ×2, rank ×2, 8 bits) and a heavy one (half:
   density ÷2, rank ÷2, 2 bits), checked every ``period`` steps on the same window, η = 0.5.

@@ -92,10 +92,11 @@ class LGreCo:
     ``default_option``; the default option and ``fp32`` are always included.
     ``cost_model`` defaults to :class:`~commlib.adaptive.cost.ElementCost` (the
     paper's); ``world_size`` is what it prices for (set it, or pass it to
-    :meth:`register`, with ``ByteCost`` or ``TimeCost``). ``error_metric``: ``"squared"``
-    (default; sum of squared errors, the squared norm of the whole model's
-    compression error) or ``"norm"`` (sum of per-layer norms, as the public
-    implementation). ``power_iterations`` and ``seed`` go to
+    :meth:`register`, with ``ByteCost`` or ``TimeCost``). ``error_metric``: ``"norm"``
+    (default; sum of per-layer error norms, as the paper and its public
+    implementation) or ``"squared"`` (sum of squared errors, the squared norm
+    of the whole model's compression error, which lets the largest layer
+    dominate the budget). ``power_iterations`` and ``seed`` go to
     :func:`~commlib.adaptive.tables.error_table`.
     """
 
@@ -109,7 +110,7 @@ class LGreCo:
         cost_model: CostModel | None = None,
         window: int = 10,
         world_size: int = 1,
-        error_metric: str = "squared",
+        error_metric: str = "norm",
         power_iterations: int | None = None,
         seed: int = 0,
     ) -> None:

@@ -149,7 +149,8 @@ def test_bucket_by_bucket_feeding_equals_whole_steps_and_unseen_layers_keep_the_
 
 
 def test_casts_are_judged_at_one_rank_message_scale():
-    policy = LGreCo(period=4, window=3, options=["fp16", "powersgd:1"], default_option="powersgd:1", world_size=4)
+    policy = LGreCo(period=4, window=3, options=["fp16", "powersgd:1"], default_option="powersgd:1", world_size=4,
+                    error_metric="squared")
     policy.register({"w": (8, 8)})
     grads = [torch.full((8, 8), 3e4) + torch.randn(8, 8, generator=torch.Generator().manual_seed(s)) for s in range(3)]
     for step in range(1, 4):
