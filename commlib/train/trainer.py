@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..adaptive import LGreCo
+from ..adaptive import Accordion, LGreCo
 from ..compress.base import GatherCompressor
 from ..compress.dense import Identity
 from ..ddp import CommState, hook
@@ -68,7 +68,8 @@ class TrainSettings:
     compressor: str = "fp32"
     feedback: str | None = None
     policy: str | None = None
-    lgreco_period: int = 50
+    policy_period: int = 50
+    accordion_heavy: str | None = None
     lgreco_alpha: float = 1.0
     aggregate: str | None = None
     byzantine: tuple[int, ...] = ()
@@ -148,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                f"feedback:    {' | '.join(FEEDBACK_SPECS)}\n\n"
                "examples:\n"
                "  commlib train --spawn 4 --compressor topk:0.01 --feedback econtrol --log-jsonl topk.jsonl\n"
-               "  commlib train --spawn 4 --compressor topk:0.1 --policy lgreco --lgreco-period 50\n"
+               "  commlib train --spawn 4 --compressor topk:0.1 --policy lgreco --policy-period 50\n"
+               "  commlib train --spawn 4 --compressor topk:0.2 --policy accordion --accordion-heavy topk:0.05\n"
                "  commlib train --spawn 4 --aggregate flag --byzantine 3 --attack alie\n"
                "  commlib train --spawn 4 --config run.json   # {\"compressor\": \"qsgd:4\", \"steps\": 200}")
     method = p.add_argument_group("method")
@@ -156,12 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="gradient compressor (default fp32; see below)")
     method.add_argument("--feedback", type=_spec(make_feedback), metavar="SPEC",
                         help="error feedback around the compressor (not with powersgd or the dense casts)")
-    method.add_argument("--policy", choices=["lgreco"],
-                        help="layerwise-adaptive compression; --compressor is then its default option")
-    method.add_argument("--lgreco-period", type=number_type(int, 1), default=50, metavar="STEPS",
-                        help="L-GreCo re-solve period (default 50)")
+    method.add_argument("--policy", choices=["lgreco", "accordion"],
+                        help="layerwise-adaptive compression: L-GreCo (--compressor is its default option) or "
+                             "Accordion (--compressor is the light setting, --accordion-heavy the heavy one)")
+    method.add_argument("--policy-period", type=number_type(int, 1), default=50, metavar="STEPS",
+                        help="steps between the policy's decisions (default 50)")
     method.add_argument("--lgreco-alpha", type=number_type(float, 0, strict=True), default=1.0, metavar="A",
                         help="L-GreCo error budget relative to the default option (default 1)")
+    method.add_argument("--accordion-heavy", metavar="SPEC",
+                        help="Accordion's heavy (more compressed) setting, an option like topk:0.05 or powersgd:2")
     rob = p.add_argument_group("Byzantine robustness")
     rob.add_argument("--aggregate", choices=sorted(RULES), help="robust rule (model-wide robust hook)")
     rob.add_argument("--byzantine", type=_ranks, default=(), metavar="RANKS", help="comma-separated attacking ranks")
@@ -252,14 +257,22 @@ def parse_settings(argv: Sequence[str] | None = None) -> tuple[TrainSettings, ar
             require_local_compressor(make_compressor(args.compressor))
         except ValueError as exc:
             parser.error(f"--feedback needs a compressor with a local operator: {exc}")
-    if args.policy == "lgreco":
+    if args.policy is not None:
         from ..adaptive import Option
 
-        try:
-            Option.parse(args.compressor)
-        except ValueError:
-            parser.error(f"--policy lgreco: --compressor {args.compressor} is not an L-GreCo option "
-                         "(topk:D, qsgd:BITS, powersgd:RANK, fp16, bf16, fp32)")
+        specs = [("--compressor", args.compressor)]
+        if args.policy == "accordion":
+            if args.accordion_heavy is None:
+                parser.error("--policy accordion needs --accordion-heavy SPEC (the heavy setting)")
+            specs.append(("--accordion-heavy", args.accordion_heavy))
+        for flag, spec in specs:
+            try:
+                Option.parse(spec)
+            except ValueError:
+                parser.error(f"--policy {args.policy}: {flag} {spec} is not a policy option "
+                             "(topk:D, qsgd:BITS, powersgd:RANK, fp16, bf16, fp32)")
+    elif args.accordion_heavy is not None:
+        parser.error("--accordion-heavy applies only with --policy accordion")
     if args.spawn is not None and args.byzantine and max(args.byzantine) >= args.spawn:
         parser.error(f"--byzantine {','.join(map(str, args.byzantine))}: ranks must be below --spawn {args.spawn}")
     if args.tensorboard is not None and not tensorboard_available():
@@ -270,7 +283,8 @@ def parse_settings(argv: Sequence[str] | None = None) -> tuple[TrainSettings, ar
     if args.resume is not None and not Path(args.resume).is_file():
         parser.error(f"--resume: no such file {args.resume}")
     settings = TrainSettings(
-        compressor=args.compressor, feedback=args.feedback, policy=args.policy, lgreco_period=args.lgreco_period,
+        compressor=args.compressor, feedback=args.feedback, policy=args.policy, policy_period=args.policy_period,
+        accordion_heavy=args.accordion_heavy,
         lgreco_alpha=args.lgreco_alpha, aggregate=args.aggregate, byzantine=tuple(args.byzantine),
         attack=args.attack, strength=args.strength, nnm=args.nnm,
         worker_momentum=args.worker_momentum, sharded=args.sharded, dataset=args.dataset, hidden=args.hidden,
@@ -292,12 +306,16 @@ def _register(wrapped: DDP, settings: TrainSettings, world: int) -> CommState | 
             worker_momentum=settings.worker_momentum)
         wrapped.register_comm_hook(state, robust_hook)
         return state
-    policy = None
+    policy: LGreCo | Accordion | None = None
     compressor = make_compressor(settings.compressor)
     if settings.policy == "lgreco":
-        policy = LGreCo(period=settings.lgreco_period, window=min(10, settings.lgreco_period),
+        policy = LGreCo(period=settings.policy_period, window=min(10, settings.policy_period),
                         default_option=settings.compressor, alpha=settings.lgreco_alpha, world_size=world,
                         seed=settings.seed)
+    elif settings.policy == "accordion":
+        policy = Accordion(light=settings.compressor, heavy=settings.accordion_heavy, interval=settings.policy_period,
+                           window=min(10, settings.policy_period))
+    if policy is not None:
         compressor = Identity()
     feedback = make_feedback(settings.feedback) if settings.feedback else None
     state = CommState(wrapped, compressor=compressor, feedback=feedback, seed=settings.seed,

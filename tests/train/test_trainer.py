@@ -32,7 +32,11 @@ def parse_error(capsys, argv: list[str]) -> str:
     (["--aggregate", "flag", "--compressor", "powersgd:2"], "the robust hook takes a gather compressor"),
     (["--aggregate", "flag", "--feedback", "ef14", "--compressor", "topk:0.1"], "do not apply with --aggregate"),
     (["--aggregate", "zz"], "argument --aggregate: invalid choice: 'zz'"),
-    (["--policy", "lgreco", "--compressor", "randk:0.1"], "is not an L-GreCo option"),
+    (["--policy", "lgreco", "--compressor", "randk:0.1"], "--compressor randk:0.1 is not a policy option"),
+    (["--policy", "accordion", "--compressor", "topk:0.2"], "--policy accordion needs --accordion-heavy SPEC"),
+    (["--policy", "accordion", "--compressor", "topk:0.2", "--accordion-heavy", "zip"],
+     "--accordion-heavy zip is not a policy option"),
+    (["--accordion-heavy", "topk:0.05"], "--accordion-heavy applies only with --policy accordion"),
     (["--spawn", "2", "--aggregate", "mean", "--byzantine", "2", "--attack", "alie"], "must be below --spawn 2"),
     (["--log-jsonl", "/nonexistent/dir/log.jsonl"], "--log-jsonl: directory /nonexistent/dir does not exist"),
     (["--resume", "/nonexistent.pt"], "--resume: no such file"),
@@ -89,6 +93,18 @@ def test_spawned_run_logs_every_step_as_the_stats_count_it(tmp_path, capsys):
     assert records[-1]["accuracy"] == summary["accuracy"]
     assert [r["loss"] for r in records] == summary["losses"]
     assert records[0]["ratio_vs_fp32"] < 1.01 < 3 < records[5]["ratio_vs_fp32"]  # dense warm-up, then top-k 10%
+
+
+def test_spawned_accordion_run_compresses_between_its_two_settings(tmp_path):
+    log = tmp_path / "accordion.jsonl"
+    code = cli.main(["train", "--spawn", "2", "--steps", "10", "--compressor", "topk:0.2", "--policy", "accordion",
+                     "--accordion-heavy", "topk:0.05", "--policy-period", "3", "--eval-every", "10",
+                     "--log-jsonl", str(log), "--no-progress"])
+    assert code == 0
+    ratios = [r["ratio_vs_fp32"] for r in read_jsonl(log)]
+    assert ratios[0] < 1.01  # dense warm-up
+    assert all(2.0 < r < 11.0 for r in ratios[2:]), ratios  # top-k 20 % (≈2.5×) to 5 % (≈10×) per layer
+    assert min(ratios[2:]) < 3.0 < 5.0 < max(ratios), ratios  # light first, heavy once the norms settle
 
 
 def test_resumed_run_repeats_the_uninterrupted_one_and_robust_runs_log(tmp_path):
