@@ -6,10 +6,21 @@ completion callback of the previous one, so a DDP hook never blocks the
 backward pass. Results are captured in closures (the value of a collective's
 future nests differently per backend and per collective).
 
-Ordered all-reduces are an ``all_gather_into_tensor`` followed by
+Ordered all-reduces sum the ranks' tensors left to right with
 :func:`~commlib.comm.collectives.ordered_sum`, so their bits equal the
-simulator's and the MPI driver's. ``AllToAll`` is ``all_to_all_single``
-(gloo supports it on CPU, NCCL on GPU).
+simulator's and the MPI driver's. A payload of at least
+``SPLIT_MIN_BYTES`` takes two collectives with a ring all-reduce's traffic,
+2(n−1)/n of the payload per rank:
+
+1. ``all_to_all_single`` of the payload cut into n equal chunks (zero-padded):
+   rank r receives chunk r of every rank;
+2. rank r sums its n chunks in rank order (the same elementwise sum as
+   summing the whole tensors, hence the same bits);
+3. ``all_gather_into_tensor`` of the summed chunks reassembles the result.
+
+A smaller payload is one ``all_gather_into_tensor`` followed by the ordered
+sum: (n−1) times the payload, but one latency instead of two. ``AllToAll`` is
+``all_to_all_single`` (gloo supports it on CPU, NCCL on GPU).
 
 Collectives of one process group must be issued in the same order on every
 rank (gloo matches them by issue order). ``OrderedIssuer`` chains protocols so
@@ -39,7 +50,9 @@ from .collectives import (
     ordered_sum,
 )
 
-__all__ = ["Timing", "start", "run", "OrderedIssuer"]
+__all__ = ["Timing", "start", "run", "OrderedIssuer", "SPLIT_MIN_BYTES"]
+
+SPLIT_MIN_BYTES = 64 * 1024
 
 # torch 2.13 renamed all_gather_into_tensor to all_gather_single; torch 2.4 only has the old name.
 _all_gather_flat = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -59,8 +72,27 @@ class Timing:
             self.comm_s += comm_s
 
 
-def _issue(req: Collective, group: dist.ProcessGroup | None) -> tuple[Future, Callable[[], Tensor]]:
-    """Issue one collective; return its future and a closure that yields its result."""
+@dataclass
+class _GatherSums:
+    """Second step of a split ordered all-reduce: this rank's summed chunk, to be all-gathered into ``shape``."""
+
+    chunk_sum: Tensor
+    shape: torch.Size
+
+    def issue(self, group: dist.ProcessGroup | None) -> tuple[Future, Callable[[], Tensor]]:
+        world = dist.get_world_size(group)
+        out = self.chunk_sum.new_empty(world * self.chunk_sum.numel())
+        work = _all_gather_flat(out, self.chunk_sum, group=group, async_op=True)
+        numel = self.shape.numel()
+        return work.get_future(), lambda: out[:numel].view(self.shape)
+
+
+def _issue(req: Collective, group: dist.ProcessGroup | None) -> tuple[Future, Callable[[], object]]:
+    """Issue one collective; return its future and a closure that yields its result.
+
+    The result of a split ordered all-reduce's first step is a :class:`_GatherSums`,
+    which the caller issues once every collective of the round has completed.
+    """
     world = dist.get_world_size(group)
     if isinstance(req, AllReduce) and not req.ordered:
         buf = req.tensor.detach()  # the protocol handed it over: reduced in place
@@ -72,6 +104,13 @@ def _issue(req: Collective, group: dist.ProcessGroup | None) -> tuple[Future, Ca
         received = torch.empty_like(src)
         work = dist.all_to_all_single(received, src, group=group, async_op=True)
         return work.get_future(), lambda: received
+    if isinstance(req, AllReduce) and world > 1 and src.numel() * src.element_size() >= SPLIT_MIN_BYTES:
+        chunk = -(-src.numel() // world)
+        padded = src.new_zeros(world * chunk)
+        padded[: src.numel()] = src.reshape(-1)
+        received = torch.empty_like(padded)
+        work = dist.all_to_all_single(received, padded, group=group, async_op=True)
+        return work.get_future(), lambda: _GatherSums(ordered_sum(received.view(world, chunk)), src.shape)
     if isinstance(req, (AllGather, AllReduce)):
         out = torch.empty((world, *src.shape), dtype=src.dtype, device=src.device)
         work = _all_gather_flat(out.view(-1), src.reshape(-1), group=group, async_op=True)
@@ -121,22 +160,50 @@ def start(protocol: Protocol, group: dist.ProcessGroup | None = None, timing: Ti
             timing.add(compute_s=t1 - t0)
         single = not isinstance(request, tuple)
 
-        def on_done(fut: Future) -> None:
-            try:
-                fut.wait()
-                for f, _ in issued:
-                    f.wait()  # re-raise a failed collective
-                values = [get() for _, get in issued]
-            except BaseException as exc:  # noqa: BLE001
-                protocol.close()
-                result.set_exception(exc)
-                return
+        def collected(pending: list[tuple[Future, Callable[[], object]]], then: Callable[[list], None]) -> None:
+            """Wait for ``pending`` (in a completion callback), then call ``then`` with their results."""
+
+            def on_done(fut: Future) -> None:
+                try:
+                    fut.wait()
+                    for f, _ in pending:
+                        f.wait()  # re-raise a failed collective
+                    values = [get() for _, get in pending]
+                except BaseException as exc:  # noqa: BLE001
+                    protocol.close()
+                    result.set_exception(exc)
+                    return
+                then(values)
+
+            futures = [f for f, _ in pending]
+            (futures[0] if len(futures) == 1 else torch.futures.collect_all(futures)).then(on_done)
+
+        def finish(values: list) -> None:
             if timing:
                 timing.add(comm_s=time.perf_counter() - t1)
             advance(values[0] if single else tuple(values))
 
-        futures = [f for f, _ in issued]
-        (futures[0] if len(futures) == 1 else torch.futures.collect_all(futures)).then(on_done)
+        def second_steps(values: list) -> None:
+            """Issue the all-gathers of split ordered all-reduces (same order on every rank), then finish."""
+            splits = [i for i, v in enumerate(values) if isinstance(v, _GatherSums)]
+            if not splits:
+                finish(values)
+                return
+            try:
+                gathers = [values[i].issue(group) for i in splits]
+            except BaseException as exc:  # noqa: BLE001
+                protocol.close()
+                result.set_exception(exc)
+                return
+
+            def fill(gathered: list) -> None:
+                for i, v in zip(splits, gathered):
+                    values[i] = v
+                finish(values)
+
+            collected(gathers, fill)
+
+        collected(issued, second_steps)
 
     advance(None)
     return result

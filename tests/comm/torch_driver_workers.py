@@ -57,3 +57,32 @@ def many_chained(rank: int, world: int) -> list:
 
         futures.append(issuer.submit(make))
     return [f.wait() for f in futures]
+
+
+def large_protocol(rank: int):
+    """Ordered all-reduces above SPLIT_MIN_BYTES (odd lengths, every float dtype) beside small ones and a gather."""
+    g = torch.Generator().manual_seed(rank)
+    big = {dtype: torch.randn(n, generator=g).to(dtype)
+           for dtype, n in ((torch.float32, 50_001), (torch.float16, 40_003), (torch.bfloat16, 33_335),
+                            (torch.float64, 9_001))}
+    small = torch.randn(7, generator=g)
+    first = yield (AllReduce(big[torch.float32]), AllGather(small), AllReduce(small),
+                   AllReduce(big[torch.float16]), AllReduce(big[torch.bfloat16].reshape(5, 6667)))
+    second = yield AllReduce(big[torch.float64])
+    return (*first, second)
+
+
+def large_ordered(rank: int, world: int) -> tuple[tuple, int]:
+    """Run :func:`large_protocol`; also count the all-to-alls issued (the split path's first step)."""
+    calls = []
+    original = torch.distributed.all_to_all_single
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    torch.distributed.all_to_all_single = counting
+    try:
+        return torch_driver.run(large_protocol(rank)), len(calls)
+    finally:
+        torch.distributed.all_to_all_single = original
