@@ -55,6 +55,7 @@ def main() -> None:
         if args.save:
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "comm": state.state_dict(), "step": cfg.steps}, args.save)
+    dist.barrier()  # every rank's last collective has completed before any rank tears its group down
     dist.destroy_process_group()
 
 

@@ -28,6 +28,7 @@ def _entry(fn: Callable, rank: int, world: int, port: int, queue, args: tuple, c
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=collective_timeout))
         result = fn(rank, world, *args)
+        dist.barrier()  # every rank's last collective has completed before any rank tears its group down
         buf = io.BytesIO()
         torch.save(result, buf)
         queue.put((rank, "ok", buf.getvalue()))
