@@ -72,7 +72,12 @@ def traffic_factor(collective: CollectiveKind, world_size: int) -> float:
 
 
 def wire_collective(option: Option) -> CollectiveKind:
-    """The collective that actually carries ``option``'s payload (ordered all-reduces run as all-gathers)."""
+    """The collective priced for ``option``'s payload: ordered all-reduces as all-gathers.
+
+    The torch driver runs ordered all-reduces under ``SPLIT_MIN_BYTES`` (64 KiB)
+    as all-gathers and larger ones with a ring's traffic, so this over-prices the
+    large ones (the MPI driver and the simulator gather them all).
+    """
     return "allgather" if option.collective == "allgather" or option.ordered else "allreduce"
 
 

@@ -12,9 +12,10 @@ group by :func:`~commlib.adaptive.cost.calibrate`), under the same rule
 1. dense price of a tensor: ``latency + 2(n−1)/n·4·numel·β`` (ring all-reduce);
 2. compressed price: ``rounds·latency + traffic·wire_bytes·β + numel·(encode + decodes·decode)``,
    where the collective is all-reduce for the dense casts and all-gather for
-   everything else (gather compressors; commlib runs PowerSGD's and sketches'
-   rank-ordered all-reduces as all-gathers), and an all-gather decodes ``n``
-   payloads;
+   everything else (gather compressors, and PowerSGD's and sketches'
+   rank-ordered all-reduces: the torch driver runs those under
+   ``SPLIT_MIN_BYTES`` as all-gathers and larger ones with ring traffic, so
+   this over-prices the large ones), and an all-gather decodes ``n`` payloads;
 3. compression pays when the compressed total is below the dense total.
 
 :func:`codec_seconds` measures a compressor's ``(encode, decode)`` seconds per
