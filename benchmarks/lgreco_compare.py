@@ -21,6 +21,7 @@ the policies' ``default_bytes`` plus the dense biases and the 4-byte non-finite 
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import statistics
 from collections.abc import Callable, Sequence
@@ -136,6 +137,16 @@ def markdown(rows: list[dict[str, object]], quality: str, header: str) -> str:
                      f"{r['last_step_x']:.2f} | {r[quality]:.4f} ± {r[f'{quality}_std']:.4f} | "
                      f"{'yes' if r['within_1std'] else 'no'} |")
     return "\n".join(lines) + "\n"
+
+
+def write_results(name: str, args: object, runs: list[dict], rows: list[dict[str, object]], quality: str,
+                  header: str, title: str, results: Path) -> None:
+    """Write ``name``.json (args, summary, runs), .md (table) and .png (plot) under ``results``; print the table."""
+    results.mkdir(exist_ok=True)
+    (results / f"{name}.json").write_text(json.dumps({"args": vars(args), "summary": rows, "runs": runs}, indent=1))
+    (results / f"{name}.md").write_text(markdown(rows, quality, header))
+    plot(runs, quality, title, results / f"{name}.png")
+    print(markdown(rows, quality, header))
 
 
 def plot(runs: list[dict], quality: str, title: str, path: Path) -> None:

@@ -17,11 +17,10 @@ Run: ``PYTHONPATH=. python benchmarks/lgreco_digits.py [--quick]``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
-from lgreco_compare import FAMILIES, METHODS, RESULTS, describe, make_simulator, markdown, plot, run_all, summarize
+from lgreco_compare import FAMILIES, METHODS, RESULTS, describe, make_simulator, run_all, summarize, write_results
 
 from commlib.train import TrainConfig, load_digits, make_optimizer, mlp, train_simulated
 
@@ -64,11 +63,7 @@ def main() -> None:
     header = (f"digits MLP (64-256-256-10), 4 simulated workers, {args.steps} steps, α = 1, period "
               f"{args.period}, window {args.window}; mean over {args.seeds} seeds (bytes include the dense warm-up "
               f"and the uniform steps before the first decision)")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps({"args": vars(args), "summary": rows, "runs": runs}, indent=1))
-    (RESULTS / f"{name}.md").write_text(markdown(rows, "accuracy", header))
-    plot(runs, "accuracy", header.split(";")[0], RESULTS / f"{name}.png")
-    print(markdown(rows, "accuracy", header))
+    write_results(name, args, runs, rows, "accuracy", header, header.split(";")[0], RESULTS)
 
 
 if __name__ == "__main__":

@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.resources
-import json
 import math
 import time
 
 import torch
 import torch.nn.functional as F
-from lgreco_compare import FAMILIES, METHODS, RESULTS, describe, make_simulator, markdown, plot, run_all, summarize
+from lgreco_compare import FAMILIES, METHODS, RESULTS, describe, make_simulator, run_all, summarize, write_results
 from torch import Tensor, nn
 
 from commlib import rng
@@ -174,11 +173,7 @@ def main() -> None:
               f"pydoc_data/topics.py, 4 simulated workers × {args.batch} windows, {args.steps} steps, Adam, α = 1, "
               f"period {args.period}, window {args.window}; mean over {args.seeds} seeds (bytes include the dense "
               f"warm-up and the uniform steps before the first decision)")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps({"args": vars(args), "summary": rows, "runs": runs}, indent=1))
-    (RESULTS / f"{name}.md").write_text(markdown(rows, "val_loss", header))
-    plot(runs, "val_loss", header.split(" on ")[0], RESULTS / f"{name}.png")
-    print(markdown(rows, "val_loss", header))
+    write_results(name, args, runs, rows, "val_loss", header, header.split(" on ")[0], RESULTS)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from protocol_utils import recorded
 
 from commlib.adaptive import LGreCo
-from commlib.comm.collectives import AllReduce, as_round
+from commlib.comm.collectives import AllReduce
 from commlib.comm.exchange import ExchangeConfig, GradientExchange
 from commlib.comm.local import run_lockstep
 from commlib.privacy import DPSketch
@@ -30,18 +31,6 @@ def mechanism() -> DPSketch:
 def bucket(rank: int) -> list[tuple[str, torch.Tensor]]:
     gen = torch.Generator().manual_seed(rank)
     return [(name, torch.randn(shape, generator=gen)) for name, shape in SHAPES.items()]
-
-
-def recorded(protocol, log: list):
-    """Pass ``protocol`` through, appending every request it issues to ``log``."""
-    answer = None
-    while True:
-        try:
-            request = protocol.send(answer)
-        except StopIteration as stop:
-            return stop.value
-        log.extend(as_round(request))
-        answer = yield request
 
 
 def run_step(buckets: list, step: int) -> tuple[list, list[list]]:
