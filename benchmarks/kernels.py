@@ -10,7 +10,9 @@ a warm-up). Every kernel's output is checked against its reference first.
   (:func:`commlib.ops.topk_magnitude`) and the sampled threshold
   (:func:`commlib.ops.topk_threshold`);
 - bit packing, 1/2/4/8 bits, pack and unpack of ``d`` codes, against a copy of
-  the ``d`` code bytes;
+  the ``d`` code bytes; unpack allocates its ``d``-byte output, so it is also
+  compared with a copy into a new tensor (``codes.clone()``:
+  ``fraction_of_fresh_memcpy``), which pays the same allocation and page faults;
 - fused error-feedback top-k (:func:`commlib.ops.ef_topk_`: ``e += g``, top-k,
   zero the selected entries of ``e``) against the unfused sequence
   ``e.add_(g)``, ``topk_threshold``, ``index_fill_``;
@@ -63,6 +65,7 @@ class Case:
     input_bytes: int
     baseline: str
     memcpy: str = "memcpy (float32)"
+    fresh_memcpy: str | None = None  # for ops that allocate their output: a copy into a new tensor, as they do
     times: list[float] = field(default_factory=list)
 
     @property
@@ -117,6 +120,8 @@ def size_cases(d: int, with_reference: bool, seed: int) -> list[Case]:
     code_copy = torch.empty_like(codes)
     cases.append(Case("copy", "memcpy (uint8 codes)", lambda: code_copy.copy_(codes), d, "memcpy (uint8 codes)",
                       "memcpy (uint8 codes)"))
+    fresh = "memcpy into a new tensor (uint8 codes)"
+    cases.append(Case("copy", fresh, lambda: codes.clone(), d, fresh, fresh))
     for bits in (1, 2, 4, 8):
         c = torch.randint(0, 2**bits, (d,), dtype=torch.uint8, generator=gen)
         p = ops.pack_bits(c, bits)
@@ -124,7 +129,7 @@ def size_cases(d: int, with_reference: bool, seed: int) -> list[Case]:
         cases.append(Case("pack", f"pack {bits}-bit", lambda c=c, b=bits: ops.pack_bits(c, b), d, codes_copy,
                           codes_copy))
         cases.append(Case("pack", f"unpack {bits}-bit", lambda p=p, b=bits: ops.unpack_bits(p, b, d), d, codes_copy,
-                          codes_copy))
+                          codes_copy, fresh))
         if with_reference:
             cases.append(Case("pack", f"pack {bits}-bit reference", lambda c=c, b=bits: reference.pack_bits(c, b), d,
                               codes_copy, codes_copy))
@@ -194,6 +199,12 @@ def sketch_cases(d: int, with_reference: bool, seed: int) -> list[Case]:
 def summarize(d: int, cases: list[Case]) -> list[dict]:
     """One row per case: median ms, GB/s of input, speed-up over its baseline, fraction of memcpy throughput."""
     by_name = {c.name: c for c in cases}
+
+    def fresh_fraction(c: Case) -> dict:
+        if c.fresh_memcpy is None:
+            return {}
+        return {"fraction_of_fresh_memcpy": round(by_name[c.fresh_memcpy].seconds / c.seconds, 3)}
+
     return [
         {
             "d": d,
@@ -204,6 +215,7 @@ def summarize(d: int, cases: list[Case]) -> list[dict]:
             "baseline": c.baseline,
             "speedup_vs_baseline": round(by_name[c.baseline].seconds / c.seconds, 2),
             "fraction_of_memcpy": round(by_name[c.memcpy].seconds / c.seconds, 3),
+            **fresh_fraction(c),
             "times_ms": [round(1e3 * t, 3) for t in c.times],
         }
         for c in cases

@@ -72,12 +72,16 @@ struct CountSketchRow {
     return static_cast<int64_t>(mul32x32(mod_mersenne31(mul32x32(a, i) + b), cols) >> 31);
   }
 
-  COMMLIB_HOST_DEVICE float sign(uint64_t i) const {
+  // ((c3 i + c2) i + c1) i + c0 mod P: the cubic whose parity is the sign.
+  // Takes any i < 2^32 (the CPU kernels evaluate it a little past P to seed
+  // finite differences).
+  COMMLIB_HOST_DEVICE uint64_t sign_poly(uint64_t i) const {
     uint64_t g = mod_mersenne31(mul32x32(c3, i) + c2);
     g = mod_mersenne31(mul32x32(g, i) + c1);
-    g = mod_mersenne31(mul32x32(g, i) + c0);
-    return (g & 1) ? -1.0f : 1.0f;
+    return mod_mersenne31(mul32x32(g, i) + c0);
   }
+
+  COMMLIB_HOST_DEVICE float sign(uint64_t i) const { return (sign_poly(i) & 1) ? -1.0f : 1.0f; }
 };
 
 inline void check_sketch_table(const char* op, const at::Tensor& table) {

@@ -6,9 +6,11 @@
 // multiple of 8 codes, so every block starts on a byte of the packed output
 // and blocks are independent (parallel, any thread count, same bytes).
 //   encode, per block: for each bucket, one pass for the maximum key (and a
-//     finiteness check) fused with the l2 sum, one that writes the codes
-//     (AVX-512: 16 at a time, hash included) to an L2-resident scratch
-//     buffer; then the scratch is packed into the block's bytes.
+//     finiteness check) fused with the l2 sum, one that writes the codes.
+//     With AVX-512 and buckets on 16-code boundaries the codes are computed
+//     16 at a time (hash included) and packed in registers straight into
+//     the output; otherwise they go to an L2-resident scratch buffer that is
+//     then packed into the block's bytes.
 //   decode: first every scale and every code is validated (a malformed
 //     payload raises before out is touched), then per block the codes are
 //     unpacked to scratch and accumulated into out.
@@ -126,86 +128,135 @@ BucketStats bucket_stats(const float* __restrict__ x, int64_t len, bool want_squ
   return st;
 }
 
-// codes[j] for x[0, len) at global indices first + j, given ratio = s / norm
-// (see ../qsgd.h). Branch-free; with AVX-512 16 elements per step: |x| to
-// double, times ratio, min with s (min_pd keeps the same operand as the
-// scalar `scaled < s ? scaled : s`), back to float, floor, the counter hash
-// on 16 32-bit lanes, and the codes narrowed to bytes. Bitwise the scalar
-// loop's result, which finishes the tail.
-void quantize_codes(const float* __restrict__ x, int64_t len, uint32_t first, int64_t levels, double ratio,
-                    uint64_t seed, uint8_t* __restrict__ codes) {
-  const double s = static_cast<double>(levels);
-  const uint32_t key_lo = static_cast<uint32_t>(seed);
-  const uint32_t key_hi = static_cast<uint32_t>(seed >> 32);
-  const int32_t center = static_cast<int32_t>(levels);
-  int64_t j = 0;
+// The code of x at global index i given ratio = s / norm (see ../qsgd.h); the
+// scalar twin of Quantizer16::codes.
+inline uint8_t quantize_one(float x, uint32_t i, double ratio, double s, int32_t center, uint32_t key_lo,
+                            uint32_t key_hi) {
+  const double scaled = static_cast<double>(std::fabs(x)) * ratio;
+  const float y = static_cast<float>(scaled < s ? scaled : s);
+  const float floor_y = std::floor(y);
+  const float coin = uniform24(hash32_small(key_lo, key_hi, i));
+  const int32_t level = static_cast<int32_t>(floor_y) + (coin < y - floor_y ? 1 : 0);
+  return static_cast<uint8_t>(x < 0.0f ? center - level : center + level);
+}
+
 #if defined(__AVX512F__)
-  const __m512d ratio_v = _mm512_set1_pd(ratio);
-  const __m512d s_v = _mm512_set1_pd(s);
-  const __m512i center_v = _mm512_set1_epi32(center);
-  const __m512i one = _mm512_set1_epi32(1);
-  const __m512i golden = _mm512_set1_epi32(static_cast<int32_t>(0x9E3779B1u));
-  const __m512i key_lo_v = _mm512_set1_epi32(static_cast<int32_t>(key_lo));
-  const __m512i key_hi_v = _mm512_set1_epi32(static_cast<int32_t>(key_hi));
-  const __m512i m1 = _mm512_set1_epi32(static_cast<int32_t>(0x85EBCA6Bu));
-  const __m512i m2 = _mm512_set1_epi32(static_cast<int32_t>(0xC2B2AE35u));
-  const __m512 inv24 = _mm512_set1_ps(1.0f / 16777216.0f);
-  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const auto fmix = [&](__m512i h) {
-    h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
-    h = _mm512_mullo_epi32(h, m1);
-    h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 13));
-    h = _mm512_mullo_epi32(h, m2);
-    return _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
-  };
-  for (; j + 16 <= len; j += 16) {
-    const __m512 v = _mm512_loadu_ps(x + j);
+// Codes of 16 elements at once, branch-free: |x| to double, times ratio, min
+// with s (min_pd keeps the same operand as the scalar `scaled < s ? scaled :
+// s`), back to float, floor, the counter hash on 16 32-bit lanes. Bitwise
+// quantize_one's result.
+class Quantizer16 {
+ public:
+  // The first call to codes() quantizes the elements at global indices first + 0 .. 15, each later call the
+  // next 16.
+  Quantizer16(int64_t levels, double ratio, uint64_t seed, uint32_t first)
+      : ratio_(_mm512_set1_pd(ratio)),
+        s_(_mm512_set1_pd(static_cast<double>(levels))),
+        center_(_mm512_set1_epi32(static_cast<int32_t>(levels))),
+        key_lo_(_mm512_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(seed)))),
+        key_hi_(_mm512_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(seed >> 32)))),
+        golden_index_(_mm512_mullo_epi32(
+            _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(first)),
+                             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)),
+            _mm512_set1_epi32(static_cast<int32_t>(kGolden)))) {}
+
+  // The codes (0 .. 2 levels) of x[0, 16) in 32-bit lanes; advances to the next 16 indices.
+  inline __m512i codes(const float* x) {
+    const __m512 v = _mm512_loadu_ps(x);
     const __m512 mag = _mm512_abs_ps(v);
-    __m512d lo = _mm512_mul_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(mag)), ratio_v);
+    __m512d lo = _mm512_mul_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(mag)), ratio_);
     __m512d hi = _mm512_mul_pd(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(mag), 1))),
-                               ratio_v);
-    lo = _mm512_min_pd(lo, s_v);
-    hi = _mm512_min_pd(hi, s_v);
+                               ratio_);
+    lo = _mm512_min_pd(lo, s_);
+    hi = _mm512_min_pd(hi, s_);
     const __m512 y = _mm512_castpd_ps(
         _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(_mm512_cvtpd_ps(lo))),
                            _mm256_castps_pd(_mm512_cvtpd_ps(hi)), 1));
     const __m512 floor_y = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    const __m512i index = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(first + static_cast<uint32_t>(j))),
-                                           lane);
-    const __m512i h = fmix(_mm512_xor_si512(fmix(_mm512_add_epi32(_mm512_mullo_epi32(index, golden), key_lo_v)),
-                                            key_hi_v));
-    const __m512 coin = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(h, 8)), inv24);
+    const __m512i h = fmix(_mm512_xor_si512(fmix(_mm512_add_epi32(golden_index_, key_lo_)), key_hi_));
+    golden_index_ = _mm512_add_epi32(golden_index_, _mm512_set1_epi32(static_cast<int32_t>(16u * kGolden)));
+    const __m512 coin = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(h, 8)), _mm512_set1_ps(1.0f / 16777216.0f));
     const __mmask16 up = _mm512_cmp_ps_mask(coin, _mm512_sub_ps(y, floor_y), _CMP_LT_OQ);
-    const __m512i level = _mm512_mask_add_epi32(_mm512_cvttps_epi32(floor_y), up, _mm512_cvttps_epi32(floor_y), one);
+    const __m512i down = _mm512_cvttps_epi32(floor_y);
+    const __m512i level = _mm512_mask_add_epi32(down, up, down, _mm512_set1_epi32(1));
     const __mmask16 negative = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
-    const __m512i code = _mm512_mask_sub_epi32(_mm512_add_epi32(center_v, level), negative, center_v, level);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + j), _mm512_cvtepi32_epi8(code));
+    return _mm512_mask_sub_epi32(_mm512_add_epi32(center_, level), negative, center_, level);
+  }
+
+ private:
+  static inline __m512i fmix(__m512i h) {
+    h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+    h = _mm512_mullo_epi32(h, _mm512_set1_epi32(static_cast<int32_t>(0x85EBCA6Bu)));
+    h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 13));
+    h = _mm512_mullo_epi32(h, _mm512_set1_epi32(static_cast<int32_t>(0xC2B2AE35u)));
+    return _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+  }
+
+  static constexpr uint32_t kGolden = 0x9E3779B1u;  // hash32_small's counter multiplier (../hash.h)
+
+  const __m512d ratio_, s_;
+  const __m512i center_, key_lo_, key_hi_;
+  __m512i golden_index_;  // (index * kGolden) mod 2^32 of the next 16 indices: one add per step, no multiply
+};
+
+// 16 codes (< 2^bits, in 32-bit lanes) packed into 2 * bits bytes at out, code
+// k at bits k * bits .. (../pack_bits.h's layout): narrowed to bytes, then
+// neighbours merged by multiply-adds (c0 + 16 c1 for 4 bits; c0 + 4 c1 and
+// then p0 + 16 p1 for 2 bits).
+inline void store_packed16(__m512i code, int64_t bits, uint8_t* out) {
+  const __m128i bytes = _mm512_cvtepi32_epi8(code);
+  if (bits == 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), bytes);
+  } else if (bits == 4) {
+    const __m128i pairs = _mm_maddubs_epi16(bytes, _mm_set1_epi16(0x1001));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm_packus_epi16(pairs, pairs));
+  } else {
+    const __m128i pairs = _mm_maddubs_epi16(bytes, _mm_set1_epi16(0x0401));
+    const __m128i quads = _mm_madd_epi16(pairs, _mm_set1_epi32(0x00100001));
+    const __m128i words = _mm_packus_epi32(quads, quads);
+    const uint32_t packed = static_cast<uint32_t>(_mm_cvtsi128_si32(_mm_packus_epi16(words, words)));
+    std::memcpy(out, &packed, sizeof(packed));
+  }
+}
+#endif
+
+// codes[j] for x[0, len) at global indices first + j, given ratio = s / norm;
+// 16 at a time with AVX-512, the scalar loop finishes the tail.
+void quantize_codes(const float* __restrict__ x, int64_t len, uint32_t first, int64_t levels, double ratio,
+                    uint64_t seed, uint8_t* __restrict__ codes) {
+  int64_t j = 0;
+#if defined(__AVX512F__)
+  Quantizer16 quantizer(levels, ratio, seed, first);
+  for (; j + 16 <= len; j += 16) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + j), _mm512_cvtepi32_epi8(quantizer.codes(x + j)));
   }
 #endif
+  const uint32_t key_lo = static_cast<uint32_t>(seed);
+  const uint32_t key_hi = static_cast<uint32_t>(seed >> 32);
   for (; j < len; ++j) {
-    const double scaled = static_cast<double>(std::fabs(x[j])) * ratio;
-    const float y = static_cast<float>(scaled < s ? scaled : s);
-    const float floor_y = std::floor(y);
-    const float coin = uniform24(hash32_small(key_lo, key_hi, first + static_cast<uint32_t>(j)));
-    const int32_t level = static_cast<int32_t>(floor_y) + (coin < y - floor_y ? 1 : 0);
-    codes[j] = static_cast<uint8_t>(x[j] < 0.0f ? center - level : center + level);
+    codes[j] = quantize_one(x[j], first + static_cast<uint32_t>(j), ratio, static_cast<double>(levels),
+                            static_cast<int32_t>(levels), key_lo, key_hi);
   }
 }
 
-// Quantizes one bucket x[0, len) (global offset `first`) into codes; returns
-// its scale, or -1 if the bucket holds a NaN or an infinity or its norm
-// overflows float32. Two passes over the (L1-resident) bucket: its stats
-// (maximum key, which doubles as the finiteness check, and the l2 lanes),
-// then the codes.
-float quantize_bucket(const float* __restrict__ x, int64_t len, uint32_t first, int64_t levels, bool max_norm,
-                      uint64_t seed, uint8_t* __restrict__ codes) {
+// A bucket's scale and the ratio s / norm its codes use: scale -1 if the
+// bucket holds a NaN or an infinity or its norm overflows float32; `zero`
+// for an all-zero bucket (scale 0, every code is `levels`). One pass over
+// the bucket: its maximum key (which doubles as the finiteness check) and
+// the l2 lanes.
+struct BucketScale {
+  float scale;
+  double ratio;
+  bool zero;
+};
+
+BucketScale bucket_scale(const float* __restrict__ x, int64_t len, int64_t levels, bool max_norm) {
   const BucketStats st = bucket_stats(x, len, !max_norm);
   if (st.top_key >= 0x7F800000u) {
-    return -1.0f;
+    return {-1.0f, 0.0, false};
   }
   if (st.top_key == 0) {
-    std::fill(codes, codes + len, static_cast<uint8_t>(levels));
-    return 0.0f;
+    return {0.0f, 0.0, true};
   }
   double norm;
   if (max_norm) {
@@ -218,11 +269,54 @@ float quantize_bucket(const float* __restrict__ x, int64_t len, uint32_t first, 
   }
   const float scale = static_cast<float>(norm);
   if (!is_finite_bits(scale)) {
-    return -1.0f;
+    return {-1.0f, 0.0, false};
   }
-  quantize_codes(x, len, first, levels, static_cast<double>(levels) / norm, seed, codes);
-  return scale;
+  return {scale, static_cast<double>(levels) / norm, false};
 }
+
+// Quantizes one bucket x[0, len) (global offset `first`) into codes; returns
+// its scale (-1: not finite). The bucket is read twice while L1-resident.
+float quantize_bucket(const float* __restrict__ x, int64_t len, uint32_t first, int64_t levels, bool max_norm,
+                      uint64_t seed, uint8_t* __restrict__ codes) {
+  const BucketScale b = bucket_scale(x, len, levels, max_norm);
+  if (b.zero) {
+    std::fill(codes, codes + len, static_cast<uint8_t>(levels));
+  } else if (b.scale > 0.0f) {
+    quantize_codes(x, len, first, levels, b.ratio, seed, codes);
+  }
+  return b.scale;
+}
+
+#if defined(__AVX512F__)
+// As quantize_bucket, but straight into the packed bytes at out (the bucket
+// starts on a 16-code boundary, so out is its first byte): 16 codes at a
+// time are quantized and packed in registers, the last len % 16 (only in
+// the tensor's last bucket) go through pack_tail.
+float quantize_bucket_packed(const float* __restrict__ x, int64_t len, uint32_t first, int64_t levels, bool max_norm,
+                             uint64_t seed, int64_t bits, uint8_t* __restrict__ out) {
+  const BucketScale b = bucket_scale(x, len, levels, max_norm);
+  if (b.scale < 0.0f) {
+    return b.scale;
+  }
+  const int64_t whole = len / 16 * 16;
+  uint8_t tail[16];
+  if (b.zero) {
+    const int64_t repeat = bits == 8 ? 0x01 : bits == 4 ? 0x11 : 0x55;  // `levels` in every code of a byte
+    std::memset(out, static_cast<int>(levels * repeat), whole * bits / 8);
+    std::fill(tail, tail + (len - whole), static_cast<uint8_t>(levels));
+  } else {
+    Quantizer16 quantizer(levels, b.ratio, seed, first);
+    for (int64_t j = 0; j < whole; j += 16) {
+      store_packed16(quantizer.codes(x + j), bits, out + j * bits / 8);
+    }
+    quantize_codes(x + whole, len - whole, first + static_cast<uint32_t>(whole), levels, b.ratio, seed, tail);
+  }
+  if (whole < len) {
+    swar::pack_tail(tail, out + whole * bits / 8, 0, len - whole, bits);
+  }
+  return b.scale;
+}
+#endif
 
 [[noreturn]] void raise_non_finite(const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
@@ -247,6 +341,26 @@ std::tuple<at::Tensor, at::Tensor> qsgd_encode_cpu(const at::Tensor& x, int64_t 
   uint8_t* dst = packed.data_ptr<uint8_t>();
   const Blocks blocks = make_blocks(n, bucket_size);
   std::atomic<bool> bad{false};
+#if defined(__AVX512F__)
+  if (bucket_size % 16 == 0 || bucket_size == n) {  // every bucket starts on a 16-code boundary
+    at::parallel_for(0, blocks.count, 1, [&](int64_t first_block, int64_t last_block) {
+      for (int64_t off = first_block * blocks.length; off < std::min(n, last_block * blocks.length);
+           off += bucket_size) {
+        const float scale = quantize_bucket_packed(src + off, std::min(bucket_size, n - off), static_cast<uint32_t>(off),
+                                                   levels, max_norm, static_cast<uint64_t>(seed), bits,
+                                                   dst + off * bits / 8);
+        if (scale < 0.0f) {
+          bad.store(true, std::memory_order_relaxed);
+        }
+        scale_out[off / bucket_size] = scale;
+      }
+    });
+    if (bad.load()) {
+      raise_non_finite(src, n);
+    }
+    return {scales, packed};
+  }
+#endif
   at::parallel_for(0, blocks.count, 1, [&](int64_t first_block, int64_t last_block) {
     std::vector<uint8_t> codes(std::min(blocks.length, n));
     for (int64_t blk = first_block; blk < last_block; ++blk) {

@@ -2,10 +2,11 @@
 //
 // count_sketch_add_: every cell is accumulated in index order (the order of
 //   the reference's per-row index_add_), so the result has the same bits for
-//   any thread count. With at least as many rows as threads, threads take
-//   whole rows; with fewer (one row, say) each row runs on all threads,
-//   each thread owning a column range: it computes every bucket, and the
-//   signs of the elements in its range only, and adds those (see
+//   any thread count. Hashes of consecutive indices come from RowHashStream
+//   (finite differences, no modular multiply in the loop). With at least as
+//   many rows as threads, threads take whole rows; with fewer (one row, say)
+//   each row runs on all threads, each thread owning a column range: it
+//   hashes every element and adds those that fall in its range (see
 //   sketch_row_parallel).
 // count_unsketch: in parallel over chunks of elements; the r signed counters
 //   of a chunk are stored row-major (r rows of the chunk's length), sorted
@@ -173,66 +174,145 @@ void sort_columns(float* m, int64_t rows, int64_t stride, int64_t len) {
   }
 }
 
+// Count-sketch hashes of one row for consecutive indices first, first + 1, ...
+// (sketch.h's formulas, the same values). Each call to fill() continues
+// where the last one stopped.
+//
+// With AVX-512 the indices go 16 at a time, lane l holding index
+// i = first + l + 16k at step k, and no multiplication modulo P is left in
+// the loop: the bucket's linear hash h(i) = (a i + b) mod P advances by
+// h(i + 16) = h(i) + 16a mod P, and the sign's cubic g(i) by forward
+// differences of step 16, g(i + 16) = g(i) + D1(i), D1(i + 16) = D1(i) +
+// D2(i), D2(i + 16) = D2(i) + D3 (D3 constant for a cubic), all exact
+// modulo P. Values stay below P < 2^31, so a sum fits 32 bits and is
+// reduced by min(x, x - P). Lanes are seeded with the direct formulas
+// (16 x 4 cubic evaluations), and reseeded whenever a call ends off the
+// 16-grid. The bucket ((h c) >> 31) needs one 32 x 32 -> 64-bit multiply
+// per lane (even and odd lanes separately).
+class RowHashStream {
+ public:
+  RowHashStream(const CountSketchRow& h, uint64_t cols, uint64_t first) : h_(h), cols_(cols), next_(first) {
 #if defined(__AVX512F__)
-// The Mersenne reduction of sketch.h on 8 lanes: two folds, then min(x, x - P)
-// (x - P wraps around to a huge value when x < P).
-inline __m512i mod_mersenne31_x8(__m512i x) {
-  const __m512i p = _mm512_set1_epi64(static_cast<int64_t>(kSketchPrime));
-  x = _mm512_add_epi64(_mm512_and_si512(x, p), _mm512_srli_epi64(x, 31));
-  x = _mm512_add_epi64(_mm512_and_si512(x, p), _mm512_srli_epi64(x, 31));
-  return _mm512_min_epu64(x, _mm512_sub_epi64(x, p));
-}
-
-// (c * i + d) mod P on 8 lanes; c and i < 2^31, so one 32 x 32 -> 64-bit multiply.
-inline __m512i mul_add_mod_x8(__m512i c, __m512i i, __m512i d) {
-  return mod_mersenne31_x8(_mm512_add_epi64(_mm512_mul_epu32(c, i), d));
-}
+    seed_lanes();
 #endif
+  }
 
-// Buckets and signed values of len consecutive global indices first.. of one
-// row: value[t] = sign(first + t) * x[t], or the bare sign when x is null.
-// With AVX-512, 8 indices at a time with vpmuludq (32 x 32 -> 64-bit
-// products); the scalar loop finishes the chunk, and both compute sketch.h's
-// formulas exactly.
-void hash_chunk(const CountSketchRow& h, uint64_t cols, uint64_t first, int64_t len, const float* __restrict__ x,
-                int32_t* __restrict__ bucket, float* __restrict__ value) {
-  int64_t t = 0;
+  // bucket[t] and value[t] = sign(i) * x[t] (the bare sign when x is null)
+  // for the next len indices i.
+  void fill(int64_t len, const float* __restrict__ x, int32_t* __restrict__ bucket, float* __restrict__ value) {
+    int64_t t = 0;
 #if defined(__AVX512F__)
-  const __m512i a = _mm512_set1_epi64(static_cast<int64_t>(h.a));
-  const __m512i b = _mm512_set1_epi64(static_cast<int64_t>(h.b));
-  const __m512i c0 = _mm512_set1_epi64(static_cast<int64_t>(h.c0));
-  const __m512i c1 = _mm512_set1_epi64(static_cast<int64_t>(h.c1));
-  const __m512i c2 = _mm512_set1_epi64(static_cast<int64_t>(h.c2));
-  const __m512i c3 = _mm512_set1_epi64(static_cast<int64_t>(h.c3));
-  const __m512i n_cols = _mm512_set1_epi64(static_cast<int64_t>(cols));
-  const __m512i one = _mm512_set1_epi64(1);
-  const __m256 plus = _mm256_set1_ps(1.0f);
-  const __m256 minus = _mm256_set1_ps(-1.0f);
-  __m512i i = _mm512_add_epi64(_mm512_set1_epi64(static_cast<int64_t>(first)),
-                               _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7));
-  const __m512i eight = _mm512_set1_epi64(8);
-  for (; t + 8 <= len; t += 8) {
-    const __m512i hashed = mul_add_mod_x8(a, i, b);
-    const __m512i bkt = _mm512_srli_epi64(_mm512_mul_epu32(hashed, n_cols), 31);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(bucket + t), _mm512_cvtepi64_epi32(bkt));
-    __m512i g = mul_add_mod_x8(c3, i, c2);
-    g = mul_add_mod_x8(g, i, c1);
-    g = mul_add_mod_x8(g, i, c0);
-    const __mmask8 odd = _mm512_test_epi64_mask(g, one);
-    __m256 sign = _mm256_mask_blend_ps(odd, plus, minus);
-    if (x != nullptr) {
-      sign = _mm256_mul_ps(sign, _mm256_loadu_ps(x + t));
+    if (lanes_at_ != next_) {
+      seed_lanes();
     }
-    _mm256_storeu_ps(value + t, sign);
-    i = _mm512_add_epi64(i, eight);
-  }
+    for (; t + 16 <= len; t += 16) {
+      __m512i b;
+      __m512 v;
+      step16(x == nullptr ? nullptr : x + t, b, v);
+      _mm512_storeu_si512(bucket + t, b);
+      _mm512_storeu_ps(value + t, v);
+    }
 #endif
-  for (; t < len; ++t) {
-    const uint64_t at = first + static_cast<uint64_t>(t);
-    bucket[t] = static_cast<int32_t>(h.bucket(at, cols));
-    value[t] = x == nullptr ? h.sign(at) : h.sign(at) * x[t];
+    for (; t < len; ++t) {
+      const uint64_t at = next_ + static_cast<uint64_t>(t);
+      bucket[t] = static_cast<int32_t>(h_.bucket(at, cols_));
+      value[t] = x == nullptr ? h_.sign(at) : h_.sign(at) * x[t];
+    }
+    next_ += static_cast<uint64_t>(len);
   }
-}
+
+  // As fill, but keeps only the indices whose bucket lies in [lo, hi), in
+  // index order, packed at the front of kept_bucket / kept_value; returns
+  // how many were kept.
+  int64_t fill_range(int64_t len, const float* __restrict__ x, int32_t lo, int32_t hi,
+                     int32_t* __restrict__ kept_bucket, float* __restrict__ kept_value) {
+    int64_t kept = 0;
+    int64_t t = 0;
+#if defined(__AVX512F__)
+    if (lanes_at_ != next_) {
+      seed_lanes();
+    }
+    const __m512i lo_v = _mm512_set1_epi32(lo);
+    const __m512i hi_v = _mm512_set1_epi32(hi);
+    for (; t + 16 <= len; t += 16) {
+      __m512i b;
+      __m512 v;
+      step16(x + t, b, v);
+      const __mmask16 in = _mm512_cmpge_epi32_mask(b, lo_v) & _mm512_cmplt_epi32_mask(b, hi_v);
+      _mm512_mask_compressstoreu_epi32(kept_bucket + kept, in, b);
+      _mm512_mask_compressstoreu_ps(kept_value + kept, in, v);
+      kept += __builtin_popcount(in);
+    }
+#endif
+    for (; t < len; ++t) {
+      const uint64_t at = next_ + static_cast<uint64_t>(t);
+      const int32_t b = static_cast<int32_t>(h_.bucket(at, cols_));
+      if (b >= lo && b < hi) {
+        kept_bucket[kept] = b;
+        kept_value[kept] = h_.sign(at) * x[t];
+        ++kept;
+      }
+    }
+    next_ += static_cast<uint64_t>(len);
+    return kept;
+  }
+
+ private:
+  const CountSketchRow h_;
+  const uint64_t cols_;
+  uint64_t next_;  // the index the next fill starts at
+
+#if defined(__AVX512F__)
+  static inline __m512i add_mod(__m512i x, __m512i y) {
+    x = _mm512_add_epi32(x, y);
+    return _mm512_min_epu32(x, _mm512_sub_epi32(x, _mm512_set1_epi32(static_cast<int32_t>(kSketchPrime))));
+  }
+
+  void seed_lanes() {
+    constexpr uint64_t P = kSketchPrime;
+    alignas(64) uint32_t hash[16], g[16], d1[16], d2[16], d3[16];
+    for (int l = 0; l < 16; ++l) {
+      const uint64_t i = next_ + static_cast<uint64_t>(l);
+      hash[l] = static_cast<uint32_t>(mod_mersenne31(mul32x32(h_.a, i) + h_.b));
+      const uint64_t p0 = h_.sign_poly(i), p1 = h_.sign_poly(i + 16), p2 = h_.sign_poly(i + 32);
+      const uint64_t p3 = h_.sign_poly(i + 48);
+      g[l] = static_cast<uint32_t>(p0);
+      d1[l] = static_cast<uint32_t>((p1 + P - p0) % P);
+      d2[l] = static_cast<uint32_t>((p2 + 2 * P - 2 * p1 + p0) % P);
+      d3[l] = static_cast<uint32_t>((p3 + 3 * p1 + 4 * P - 3 * p2 - p0) % P);
+    }
+    hash_ = _mm512_load_si512(hash);
+    poly_ = _mm512_load_si512(g);
+    d1_ = _mm512_load_si512(d1);
+    d2_ = _mm512_load_si512(d2);
+    d3_ = _mm512_load_si512(d3);
+    step_a_ = _mm512_set1_epi32(static_cast<int32_t>(mod_mersenne31(16 * h_.a)));
+    cols_v_ = _mm512_set1_epi64(static_cast<int64_t>(cols_));
+    lanes_at_ = next_;
+  }
+
+  // Buckets and signed values of the 16 lanes, then every lane advances by 16.
+  inline void step16(const float* x, __m512i& bucket, __m512& value) {
+    const __m512i even = _mm512_srli_epi64(_mm512_mul_epu32(hash_, cols_v_), 31);
+    const __m512i odd = _mm512_slli_epi64(
+        _mm512_srli_epi64(_mm512_mul_epu32(_mm512_srli_epi64(hash_, 32), cols_v_), 31), 32);
+    bucket = _mm512_mask_blend_epi32(0xAAAA, even, odd);
+    const __mmask16 minus = _mm512_test_epi32_mask(poly_, _mm512_set1_epi32(1));
+    value = _mm512_mask_blend_ps(minus, _mm512_set1_ps(1.0f), _mm512_set1_ps(-1.0f));
+    if (x != nullptr) {
+      value = _mm512_mul_ps(value, _mm512_loadu_ps(x));
+    }
+    hash_ = add_mod(hash_, step_a_);
+    poly_ = add_mod(poly_, d1_);
+    d1_ = add_mod(d1_, d2_);
+    d2_ = add_mod(d2_, d3_);
+    lanes_at_ += 16;
+  }
+
+  __m512i hash_, poly_, d1_, d2_, d3_, step_a_, cols_v_;
+  uint64_t lanes_at_ = 0;  // the index lane 0 holds
+#endif
+};
 
 inline float hadamard_scale(int64_t block) { return static_cast<float>(1.0 / std::sqrt(static_cast<double>(block))); }
 
@@ -258,98 +338,28 @@ std::vector<int64_t> checked_rows(const char* op, const at::Tensor& rows, int64_
 
 namespace {
 
-// Adds sign(i) * x[i - first] to row[bucket(i)] for the indices i in
-// [first, first + len) whose bucket lies in [lo, hi), in index order. The
-// bucket hash (one multiply-add mod P) is computed for every index, the sign
-// polynomial (three) only for the kept ones. AVX-512: 8 buckets per step,
-// the kept offsets compress-stored, then their signs 8 at a time with the
-// values gathered from x; the scalar loop computes the same formulas.
-void add_range_chunk(const CountSketchRow& h, float* __restrict__ row, uint64_t cols, uint64_t first, int64_t len,
-                     const float* __restrict__ x, int32_t lo, int32_t hi, int32_t* __restrict__ kept_bucket,
-                     int32_t* __restrict__ kept_offset, float* __restrict__ kept_value) {
-#if defined(__AVX512F__)
-  const __m512i a = _mm512_set1_epi64(static_cast<int64_t>(h.a));
-  const __m512i b = _mm512_set1_epi64(static_cast<int64_t>(h.b));
-  const __m512i c0 = _mm512_set1_epi64(static_cast<int64_t>(h.c0));
-  const __m512i c1 = _mm512_set1_epi64(static_cast<int64_t>(h.c1));
-  const __m512i c2 = _mm512_set1_epi64(static_cast<int64_t>(h.c2));
-  const __m512i c3 = _mm512_set1_epi64(static_cast<int64_t>(h.c3));
-  const __m512i n_cols = _mm512_set1_epi64(static_cast<int64_t>(cols));
-  const __m256i lo_v = _mm256_set1_epi32(lo);
-  const __m256i hi_v = _mm256_set1_epi32(hi);
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m512i first_v = _mm512_set1_epi64(static_cast<int64_t>(first));
-  int64_t kept = 0;
-  int64_t t = 0;
-  for (; t + 8 <= len; t += 8) {
-    const __m256i offset = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(t)), lane);
-    const __m512i i = _mm512_add_epi64(first_v, _mm512_cvtepu32_epi64(offset));
-    const __m256i bkt = _mm512_cvtepi64_epi32(_mm512_srli_epi64(_mm512_mul_epu32(mul_add_mod_x8(a, i, b), n_cols), 31));
-    const __mmask8 in = _mm256_cmpge_epi32_mask(bkt, lo_v) & _mm256_cmplt_epi32_mask(bkt, hi_v);
-    _mm256_mask_compressstoreu_epi32(kept_bucket + kept, in, bkt);
-    _mm256_mask_compressstoreu_epi32(kept_offset + kept, in, offset);
-    kept += __builtin_popcount(in);
-  }
-  for (; t < len; ++t) {
-    const int32_t bkt = static_cast<int32_t>(h.bucket(first + static_cast<uint64_t>(t), cols));
-    if (bkt >= lo && bkt < hi) {
-      kept_bucket[kept] = bkt;
-      kept_offset[kept] = static_cast<int32_t>(t);
-      ++kept;
-    }
-  }
-  const __m512i one = _mm512_set1_epi64(1);
-  int64_t u = 0;
-  for (; u + 8 <= kept; u += 8) {
-    const __m256i offset = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kept_offset + u));
-    const __m512i i = _mm512_add_epi64(first_v, _mm512_cvtepu32_epi64(offset));
-    __m512i g = mul_add_mod_x8(c3, i, c2);
-    g = mul_add_mod_x8(g, i, c1);
-    g = mul_add_mod_x8(g, i, c0);
-    const __m256 sign = _mm256_mask_blend_ps(_mm512_test_epi64_mask(g, one), _mm256_set1_ps(1.0f), _mm256_set1_ps(-1.0f));
-    _mm256_storeu_ps(kept_value + u, _mm256_mul_ps(sign, _mm256_i32gather_ps(x, offset, 4)));
-  }
-  for (; u < kept; ++u) {
-    kept_value[u] = h.sign(first + static_cast<uint64_t>(kept_offset[u])) * x[kept_offset[u]];
-  }
-  for (int64_t v = 0; v < kept; ++v) {
-    row[kept_bucket[v]] += kept_value[v];
-  }
-#else
-  (void)kept_bucket;
-  (void)kept_offset;
-  (void)kept_value;
-  for (int64_t t = 0; t < len; ++t) {
-    const uint64_t at = first + static_cast<uint64_t>(t);
-    const int64_t bkt = h.bucket(at, cols);
-    if (bkt >= lo && bkt < hi) {
-      row[bkt] += h.sign(at) * x[t];
-    }
-  }
-#endif
-}
-
 // One row of the sketch on `parts` threads, for rows too few to split by row:
 // thread r owns the r-th of `parts` contiguous column ranges of the row. It
-// computes every element's bucket (the cheap hash), keeps the elements that
-// fall in its range, computes their signs (the costly hash) and adds them in
-// index order (random access, on a slice of the row that stays in the
-// thread's cache). Every cell receives its values in index order, as in the
-// serial loop and the reference: the same bits for any thread count, without
-// atomics or a barrier.
+// hashes every element (cheap: see RowHashStream), keeps those that fall in
+// its range and adds them in index order (random access, on a slice of the
+// row that stays in the thread's cache). Every cell receives its values in
+// index order, as in the serial loop and the reference: the same bits for
+// any thread count, without atomics or a barrier.
 void sketch_row_parallel(const CountSketchRow& h, float* row, uint64_t cols, const float* src, int64_t n,
                          int64_t offset, int64_t parts) {
   at::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
     std::vector<int32_t> kept_bucket(kHashChunk);
-    std::vector<int32_t> kept_offset(kHashChunk);
     std::vector<float> kept_value(kHashChunk);
     for (int64_t r = first; r < last; ++r) {
       const int32_t lo = static_cast<int32_t>(static_cast<int64_t>(cols) * r / parts);
       const int32_t hi = static_cast<int32_t>(static_cast<int64_t>(cols) * (r + 1) / parts);
+      RowHashStream hashes(h, cols, static_cast<uint64_t>(offset));
       for (int64_t begin = 0; begin < n; begin += kHashChunk) {
         const int64_t len = std::min(kHashChunk, n - begin);
-        add_range_chunk(h, row, cols, static_cast<uint64_t>(offset + begin), len, src + begin, lo, hi,
-                        kept_bucket.data(), kept_offset.data(), kept_value.data());
+        const int64_t kept = hashes.fill_range(len, src + begin, lo, hi, kept_bucket.data(), kept_value.data());
+        for (int64_t v = 0; v < kept; ++v) {
+          row[kept_bucket[v]] += kept_value[v];
+        }
       }
     }
   });
@@ -383,11 +393,11 @@ void count_sketch_add_cpu(const at::Tensor& table, const at::Tensor& x, int64_t 
     std::vector<int32_t> bucket(kHashChunk);
     std::vector<float> value(kHashChunk);
     for (int64_t j = first; j < last; ++j) {
-      const CountSketchRow h = CountSketchRow::make(static_cast<uint64_t>(seed), j);
+      RowHashStream hashes(CountSketchRow::make(static_cast<uint64_t>(seed), j), cols, static_cast<uint64_t>(offset));
       float* row = dst + j * static_cast<int64_t>(cols);
       for (int64_t begin = 0; begin < n; begin += kHashChunk) {
         const int64_t len = std::min(kHashChunk, n - begin);
-        hash_chunk(h, cols, static_cast<uint64_t>(offset + begin), len, src + begin, bucket.data(), value.data());
+        hashes.fill(len, src + begin, bucket.data(), value.data());
         for (int64_t t = 0; t < len; ++t) {
           row[bucket[t]] += value[t];
         }
@@ -406,10 +416,6 @@ at::Tensor count_unsketch_cpu(const at::Tensor& table, int64_t seed, int64_t off
   TORCH_CHECK_VALUE(std::all_of(cells, cells + table.numel(), [](float v) { return std::isfinite(v); }), op,
                     ": the table holds NaN or Inf");
   at::Tensor out = at::empty({length}, table.options());
-  std::vector<CountSketchRow> hashes(rows);
-  for (int64_t j = 0; j < rows; ++j) {
-    hashes[j] = CountSketchRow::make(static_cast<uint64_t>(seed), j);
-  }
   const float* src = table.data_ptr<float>();
   float* dst = out.data_ptr<float>();
   const int64_t chunks = (length + kHashChunk - 1) / kHashChunk;
@@ -417,12 +423,18 @@ at::Tensor count_unsketch_cpu(const at::Tensor& table, int64_t seed, int64_t off
                    [&](int64_t first, int64_t last) {
     std::vector<int32_t> bucket(kHashChunk);
     std::vector<float> votes(rows * kHashChunk);
+    std::vector<RowHashStream> hashes;
+    hashes.reserve(rows);
+    for (int64_t j = 0; j < rows; ++j) {
+      hashes.emplace_back(CountSketchRow::make(static_cast<uint64_t>(seed), j), cols,
+                          static_cast<uint64_t>(offset + first * kHashChunk));
+    }
     for (int64_t c = first; c < last; ++c) {
       const int64_t begin = c * kHashChunk;
       const int64_t len = std::min(kHashChunk, length - begin);
       for (int64_t j = 0; j < rows; ++j) {
         float* vote = votes.data() + j * kHashChunk;
-        hash_chunk(hashes[j], cols, static_cast<uint64_t>(offset + begin), len, nullptr, bucket.data(), vote);
+        hashes[j].fill(len, nullptr, bucket.data(), vote);
         const float* row = src + j * static_cast<int64_t>(cols);
         for (int64_t t = 0; t < len; ++t) {
           vote[t] *= row[bucket[t]];

@@ -124,16 +124,21 @@ if ops.backend() != "reference":
 
 @pytest.mark.parametrize("encode", [e[1] for e in ENCODERS], ids=[e[0] for e in ENCODERS])
 @pytest.mark.parametrize("max_norm", [False, True])
-def test_zero_buckets(encode, max_norm: bool) -> None:
-    bs, levels, bits = 8, 3, 4
-    x = torch.cat([torch.zeros(bs), torch.randn(bs), torch.full((bs,), -0.0), torch.randn(5)])
+@pytest.mark.parametrize("bs", [8, 16, 48])  # 16 | bs: the kernel packs in registers
+@pytest.mark.parametrize("bits, levels", [(2, 1), (4, 3), (4, 7), (8, 100)])
+def test_zero_buckets(encode, max_norm: bool, bs: int, bits: int, levels: int) -> None:
+    """All-zero buckets (+0 and -0, whole and a short last one) get scale 0 and every code = levels."""
+    x = torch.cat([torch.zeros(bs), torch.randn(bs), torch.full((bs,), -0.0), torch.randn(bs), torch.zeros(7)])
     scales, packed = encode(x, bs, levels, bits, max_norm, 11)
-    assert scales[0].item() == 0.0 and scales[2].item() == 0.0 and bool((scales[[1, 3]] > 0).all())
+    assert scales[[0, 2, 4]].tolist() == [0.0, 0.0, 0.0] and bool((scales[[1, 3]] > 0).all())
     codes = codes_of(packed, bits, x.numel())
-    assert codes[:bs].tolist() == [levels] * bs and codes[2 * bs : 3 * bs].tolist() == [levels] * bs
+    zero = torch.cat([torch.arange(bs), torch.arange(2 * bs, 3 * bs), torch.arange(4 * bs, x.numel())])
+    assert codes[zero].tolist() == [levels] * zero.numel()
+    if x.numel() * bits % 8:
+        assert int(packed[-1]) >> (x.numel() * bits % 8) == 0, "padding bits of the last byte must be zero"
     out = torch.ones(x.numel())
     ops.qsgd_decode_add(out, scales, packed, bs, levels, bits)
-    assert out[:bs].tolist() == [1.0] * bs and out[2 * bs : 3 * bs].tolist() == [1.0] * bs
+    assert out[zero].tolist() == [1.0] * zero.numel()
 
 
 @pytest.mark.parametrize("encode", [e[1] for e in ENCODERS], ids=[e[0] for e in ENCODERS])

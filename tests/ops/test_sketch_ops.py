@@ -206,6 +206,42 @@ def test_pieces_at_offsets_equal_concatenation(sketch, n: int, cuts: list[float]
     assert n < 5 or not torch.equal(shifted, whole)
 
 
+@contextlib.contextmanager
+def threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_extension
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("offset", [0, 12_345, P - 1 - 300_007])
+def test_large_inputs_same_bits_for_every_thread_count(rows: int, offset: int) -> None:
+    """Past the parallel cut-off (many chunks, ragged end, column-partitioned rows): integer data equals the
+    reference bit for bit, float data gives the same bits on 1, 2 and 3 threads, and so does unsketch."""
+    n, cols = 300_007, 4099
+    ints = int_data(n, seed=rows)
+    floats = torch.randn(n, generator=torch.Generator().manual_seed(offset % 1000))
+    expected = torch.zeros(rows, cols)
+    reference.count_sketch_add_(expected, ints, 7, offset)
+    float_tables, estimates = [], []
+    for count in (1, 2, 3):
+        with threads(count):
+            table = torch.zeros(rows, cols)
+            torch.ops.commlib.count_sketch_add_(table, ints, 7, offset)
+            assert torch.equal(bits_of(table), bits_of(expected)), count
+            table = torch.zeros(rows, cols)
+            torch.ops.commlib.count_sketch_add_(table, floats, 7, offset)
+            float_tables.append(table)
+            estimates.append(torch.ops.commlib.count_unsketch(table, 7, offset, n))
+    assert all(torch.equal(bits_of(t), bits_of(float_tables[0])) for t in float_tables)
+    assert all(torch.equal(bits_of(e), bits_of(estimates[0])) for e in estimates)
+    assert torch.equal(bits_of(estimates[0]), bits_of(reference.count_unsketch(float_tables[0], 7, offset, n)))
+
+
 # ---------------------------------------------------------------- unsketch
 
 
