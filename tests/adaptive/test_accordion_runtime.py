@@ -7,12 +7,13 @@ import io
 import pytest
 import torch
 from dist_utils import run_workers
+from sim_utils import simulate_digits
 
 from commlib.adaptive import Accordion
 from commlib.comm.exchange import GradientExchange
 from commlib.compress import Identity
 from commlib.sim import Simulator
-from commlib.train import TrainConfig, load_digits, make_optimizer, mlp, train_simulated
+from commlib.train import TrainConfig, load_digits, make_optimizer, mlp
 
 STEPS, WORLD = 21, 2
 
@@ -23,21 +24,7 @@ def _accordion() -> Accordion:
 
 
 def _simulate(start: int = 0, stop: int | None = None, state: dict | None = None):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the DDP workers run single-threaded
-    try:
-        model = mlp(hidden=256)
-        cfg = TrainConfig(steps=STEPS)
-        optimizer = make_optimizer(model, cfg)
-        sim = Simulator(Identity(), WORLD, policy=_accordion())
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            sim.load_state_dict(state["sim"])
-        train_simulated(model, optimizer, load_digits(), cfg, sim, start=start, stop=stop)
-    finally:
-        torch.set_num_threads(threads)
-    return model, optimizer, sim
+    return simulate_digits(lambda: Simulator(Identity(), WORLD, policy=_accordion()), STEPS, start, stop, state)
 
 
 def test_rejects_an_object_that_is_not_a_policy() -> None:

@@ -7,12 +7,13 @@ import io
 import pytest
 import torch
 from dist_utils import run_workers
+from sim_utils import simulate_digits
 
 from commlib.adaptive import LGreCo
 from commlib.compress import Identity
 from commlib.feedback import EControl
 from commlib.sim import Simulator
-from commlib.train import TrainConfig, load_digits, make_optimizer, mlp, train_simulated
+from commlib.train import TrainConfig, load_digits, make_optimizer, mlp
 
 STEPS = 25
 WORLD = 4
@@ -61,21 +62,8 @@ def ddp_runs() -> list[dict]:
 
 def _simulate(name: str, start: int = 0, stop: int | None = None, state: dict | None = None):
     """Train in the simulator from ``start`` to ``stop``, optionally from a checkpoint; returns what to compare."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the DDP workers ran single-threaded
-    try:
-        model = mlp(hidden=256)
-        cfg = TrainConfig(steps=STEPS)
-        optimizer = make_optimizer(model, cfg)
-        sim = Simulator(Identity(), WORLD, feedback=POLICIES[name][1], policy=_policy(name))
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            sim.load_state_dict(state["sim"])
-        train_simulated(model, optimizer, load_digits(), cfg, sim, start=start, stop=stop)
-    finally:
-        torch.set_num_threads(threads)
-    return model, optimizer, sim
+    return simulate_digits(lambda: Simulator(Identity(), WORLD, feedback=POLICIES[name][1], policy=_policy(name)),
+                           STEPS, start, stop, state)
 
 
 @pytest.mark.timeout(900)
