@@ -30,6 +30,8 @@ Usage (root)::
 
     .venv/bin/python benchmarks/netem/netem_driver.py --quick
     .venv/bin/python benchmarks/netem/netem_driver.py --rates 1000,10000
+    .venv/bin/python benchmarks/netem/netem_driver.py --rates 1000 --only noop allreduce_hook powersgd
+    .venv/bin/python benchmarks/netem/netem_driver.py --rates 1000 --diagnose-powersgd --no-payoff-rule
 """
 
 from __future__ import annotations
@@ -63,9 +65,14 @@ AR, NOOP, TORCH_PSGD = "torch allreduce_hook", "torch noop_hook (floor)", "torch
 # every group repeats the references, so each ratio is taken within one group.
 REFERENCES = [NOOP, AR, TORCH_PSGD]
 GROUPS = [
-    ["commlib TopK 1% + EControl", "commlib QSGD 4-bit + EF14", "commlib PowerSGD r4"],
+    ["commlib TopK 1% + EControl", "commlib QSGD 4-bit + EF14", "commlib PowerSGD r4", "commlib PowerSGD r4 + EF"],
     ["torch fp16_compress_hook", "commlib Sketch srht 1/20 + EF14", "commlib L-GreCo (TopK grid + EControl, TimeCost)"],
 ]
+
+
+# --diagnose-powersgd: where commlib PowerSGD's time goes (split vs gather path of the ordered all-reduce, buckets)
+POWERSGD_DIAGNOSTICS = [[NOOP, TORCH_PSGD, "commlib PowerSGD r4 + EF", "commlib PowerSGD r4 + EF, gather path only",
+                         "commlib PowerSGD r4 + EF, 1 bucket"]]
 
 
 def _groups(only: list[str] | None) -> list[list[str]]:
@@ -335,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--feedback-warm-start", action="store_true",
                     help="error feedback starts from the last dense step's gradients (CommState feedback_warm_start)")
     ap.add_argument("--no-payoff-rule", action="store_true", help="always compress (no dense fallback)")
+    ap.add_argument("--diagnose-powersgd", action="store_true",
+                    help="instead of the hook groups: commlib PowerSGD r4 + EF as is, with every ordered all-reduce "
+                         "as one all-gather, and with one DDP bucket (beside noop and torch's PowerSGD)")
     ap.add_argument("--timeout", type=float, default=1200.0, help="seconds per rate before the workers are killed")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -352,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         "calibrate_sizes": [1 << 12, 1 << 16, 1 << 20] if quick else [1 << 14, 1 << 18, 1 << 21],
         "calibrate_repeats": 3, "collective_timeout": 300.0, "payoff_rule": not args.no_payoff_rule,
         "commlib_bucket_mb": args.commlib_bucket_mb, "feedback_warm_start": args.feedback_warm_start,
-        "groups": _groups(args.only),
+        "groups": POWERSGD_DIAGNOSTICS if args.diagnose_powersgd else _groups(args.only),
     }
     if args.warmup < cfg_base["start_step"] + cfg_base["lgreco_period"]:
         print(f"note: --warmup {args.warmup} < 3: L-GreCo's first decision falls into the timed steps")

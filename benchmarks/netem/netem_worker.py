@@ -68,6 +68,10 @@ HOOKS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "commlib TopK 1% + EControl": ("commlib", "topk", {}),
     "commlib QSGD 4-bit + EF14": ("commlib", "qsgd", {}),
     "commlib PowerSGD r4": ("commlib", "powersgd", {}),
+    "commlib PowerSGD r4 + EF": ("commlib", "powersgd_ef", {}),
+    # diagnostics (driver --diagnose-powersgd): every ordered all-reduce as one all-gather; or one DDP bucket
+    "commlib PowerSGD r4 + EF, gather path only": ("commlib", "powersgd_ef", {"split_min_bytes": 1 << 40}),
+    "commlib PowerSGD r4 + EF, 1 bucket": ("commlib", "powersgd_ef", {"bucket_cap_mb": POWERSGD_BUCKET_CAP_MB}),
     "commlib Sketch srht 1/20 + EF14": ("commlib", "sketch", {}),
     "commlib L-GreCo (TopK grid + EControl, TimeCost)": ("commlib", "lgreco", {}),
 }
@@ -80,6 +84,7 @@ def _compressor_and_feedback(kind: str) -> tuple[Any, Any]:
         "topk": (compress.TopK(density=0.01), feedback.EControl(eta=0.005)),
         "qsgd": (compress.QSGD(bits=4), feedback.EF14()),
         "powersgd": (compress.PowerSGD(rank=4), None),
+        "powersgd_ef": (compress.PowerSGD(rank=4, error_feedback=True), None),  # its own EF, as torch's hook
         "sketch": (compress.Sketch(ratio=20.0, mode="projection"), feedback.EF14()),
     }[kind]
 
@@ -173,7 +178,7 @@ def _calibrate(cfg: dict[str, Any], shapes: list[tuple[int, ...]]) -> tuple[Any,
     codec = {k: (flat[2 * i], flat[2 * i + 1]) for i, k in enumerate(keys)}
     cost = calibrate(sizes=sizes, repeats=cfg["calibrate_repeats"], codec=codec)
     verdicts: dict[str, Any] = {}
-    for kind in ("topk", "qsgd", "powersgd", "sketch"):
+    for kind in ("topk", "qsgd", "powersgd", "powersgd_ef", "sketch"):
         comp, _ = _compressor_and_feedback(kind)
         _, dec = codec_seconds(comp, timing_shape, repeats=2)
         local = _local_exchange_seconds(kind, timing_shape)
@@ -209,8 +214,9 @@ def _setup(name: str, cfg: dict[str, Any], cost: Any, calib: dict[str, Any]) -> 
     else:
         from commlib import adaptive, compress, ddp, feedback
 
-        info["bucket_cap_mb"] = cfg["commlib_bucket_mb"]
-        ddp_model = DDP(model, bucket_cap_mb=cfg["commlib_bucket_mb"], gradient_as_bucket_view=True)
+        info["bucket_cap_mb"] = kwargs.get("bucket_cap_mb", cfg["commlib_bucket_mb"])
+        info["split_min_bytes"] = kwargs.get("split_min_bytes")
+        ddp_model = DDP(model, bucket_cap_mb=info["bucket_cap_mb"], gradient_as_bucket_view=True)
         if kind == "lgreco":
             policy = adaptive.LGreCo(period=cfg["lgreco_period"], window=cfg["lgreco_window"],
                                      default_option=LGRECO_DEFAULT, cost_model=cost, world_size=dist.get_world_size())
@@ -233,7 +239,7 @@ def _setup(name: str, cfg: dict[str, Any], cost: Any, calib: dict[str, Any]) -> 
 
         def counters() -> dict[str, float]:
             total = state.stats.as_dict()["total"]
-            keys = ("sent_bytes", "received_bytes", "dense_fp32_bytes", "compute_s", "comm_s", "steps")
+            keys = ("sent_bytes", "received_bytes", "dense_fp32_bytes", "compute_s", "comm_s", "steps", "buckets")
             return {k: float(total[k]) for k in keys}
 
         info["policy"] = lambda: state.policy.option_counts() if state.policy is not None else None
@@ -241,6 +247,18 @@ def _setup(name: str, cfg: dict[str, Any], cost: Any, calib: dict[str, Any]) -> 
 
 
 def _step(run: _Run, x: torch.Tensor, y: torch.Tensor, read: Callable[[], tuple[int, int]]) -> None:
+    """One timed step; a hook with ``split_min_bytes`` runs it with the driver's split threshold set so."""
+    from commlib.comm import torch_driver
+
+    default_split = torch_driver.SPLIT_MIN_BYTES
+    torch_driver.SPLIT_MIN_BYTES = run.info.get("split_min_bytes") or default_split
+    try:
+        _timed_step(run, x, y, read)
+    finally:
+        torch_driver.SPLIT_MIN_BYTES = default_split
+
+
+def _timed_step(run: _Run, x: torch.Tensor, y: torch.Tensor, read: Callable[[], tuple[int, int]]) -> None:
     dist.barrier()
     tx0, rx0 = read()
     t0 = time.perf_counter()

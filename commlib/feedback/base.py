@@ -48,7 +48,8 @@ def require_local_compressor(compressor: object) -> Compressor:
     Error feedback needs each worker's own compressed message ``C(u)``. Top-k,
     random-k, QSGD and Sign provide it; PowerSGD (a multi-round low-rank
     exchange whose result only exists after communication) and the dense casts
-    do not, and are rejected with ``ValueError``.
+    do not, and are rejected with ``ValueError``. PowerSGD has its own error
+    feedback: ``PowerSGD(rank, error_feedback=True)``.
     """
     fn = getattr(compressor, "compress", None)
     if not callable(fn):
@@ -56,6 +57,7 @@ def require_local_compressor(compressor: object) -> Compressor:
         raise ValueError(
             f"error feedback needs a compressor with a local compress(x, ctx) (TopK, RandK, QSGD, Sign); "
             f"{type(compressor).__name__} ({name!r}) has none"
+            + ("; PowerSGD has its own: PowerSGD(rank, error_feedback=True)" if name == "powersgd" else "")
         )
     return compressor  # type: ignore[return-value]
 

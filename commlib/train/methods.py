@@ -14,7 +14,7 @@ from ..feedback import EF14, EF21, EF21SGDM, EControl, ErrorFeedback
 __all__ = ["COMPRESSOR_SPECS", "FEEDBACK_SPECS", "make_compressor", "make_feedback"]
 
 COMPRESSOR_SPECS = ("fp32", "fp16", "bf16", "topk:DENSITY", "randk:DENSITY", "qsgd:BITS", "sign",
-                    "powersgd:RANK", "sketch:RATIO")
+                    "powersgd:RANK[:ef]", "sketch:RATIO")
 FEEDBACK_SPECS = ("ef14", "ef21", "ef21-sgdm[:BETA]", "econtrol[:ETA]")
 
 _NO_PARAM: dict[str, Callable[[], Compressor]] = {"fp32": Identity, "fp16": FP16, "bf16": BF16, "sign": Sign}
@@ -41,8 +41,14 @@ def _split(spec: object, what: str) -> tuple[str, str]:
 
 
 def make_compressor(spec: str) -> Compressor:
-    """``fp32 | fp16 | bf16 | sign | topk:D | randk:D | qsgd:BITS | powersgd:RANK | sketch:RATIO``."""
+    """``fp32 | fp16 | bf16 | sign | topk:D | randk:D | qsgd:BITS | powersgd:RANK[:ef] | sketch:RATIO``.
+
+    ``powersgd:RANK:ef`` is PowerSGD with its own error feedback (``error_feedback=True``).
+    """
     name, param = _split(spec, "compressor")
+    error_feedback = name == "powersgd" and param.endswith(":ef")
+    if error_feedback:
+        param = param[: -len(":ef")]
     if name in _NO_PARAM:
         if param:
             raise ValueError(f"compressor {name!r} takes no parameter, got {spec!r}")
@@ -55,7 +61,7 @@ def make_compressor(spec: str) -> Compressor:
     except ValueError:
         raise ValueError(f"compressor {spec!r}: {name} takes one {kind.__name__} parameter, "
                          f"as in {next(s for s in COMPRESSOR_SPECS if s.startswith(name))}") from None
-    return build(value)
+    return PowerSGD(rank=value, error_feedback=True) if error_feedback else build(value)
 
 
 def make_feedback(spec: str) -> ErrorFeedback:

@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--compressor", type=_spec(make_compressor), default="fp32", metavar="SPEC",
                         help="gradient compressor (default fp32; see below)")
     method.add_argument("--feedback", type=_spec(make_feedback), metavar="SPEC",
-                        help="error feedback around the compressor (not with powersgd or the dense casts)")
+                        help="error feedback around the compressor (not with the dense casts, nor powersgd, "
+                             "which has its own: powersgd:RANK:ef)")
     method.add_argument("--policy", choices=["lgreco", "accordion"],
                         help="layerwise-adaptive compression: L-GreCo (--compressor is its default option) or "
                              "Accordion (--compressor is the light setting, --accordion-heavy the heavy one)")
@@ -256,7 +257,8 @@ def parse_settings(argv: Sequence[str] | None = None) -> tuple[TrainSettings, ar
         try:
             require_local_compressor(make_compressor(args.compressor))
         except ValueError as exc:
-            parser.error(f"--feedback needs a compressor with a local operator: {exc}")
+            own = " (PowerSGD has its own: --compressor powersgd:RANK:ef)" if "powersgd" in args.compressor else ""
+            parser.error(f"--feedback needs a compressor with a local operator: {exc}{own}")
     if args.policy is not None:
         from ..adaptive import Option
 

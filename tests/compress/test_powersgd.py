@@ -1,4 +1,4 @@
-"""PowerSGD: full rank = mean, warm start, two ordered rounds, state commit after the last round, checkpoints."""
+"""PowerSGD: full rank = mean, warm start, two ordered rounds, state commit after the last round, checkpoints, EF."""
 
 from __future__ import annotations
 
@@ -197,20 +197,6 @@ def test_load_state_dict_rejects_junk(junk):
         c.load_state_dict(junk)
 
 
-@pytest.mark.parametrize("rounds_done", [0, 1])
-def test_closing_mid_protocol_leaves_state_untouched(rounds_done):
-    c = PowerSGD(rank=2)
-    exchange_all([c], [randn(8, 6, seed=0)])
-    before = c.state_dict()
-    gen = c.exchange(randn(8, 6, seed=1), TensorContext("w", 1, 0, 0, 1))
-    request = next(gen)
-    for _ in range(rounds_done):
-        request = gen.send(execute_local(as_round(request))[0])
-    gen.close()
-    after = c.state_dict()
-    assert torch.equal(before["q"]["w"], after["q"]["w"])
-
-
 def test_non_finite_factor_from_a_peer_is_rejected_and_state_untouched():
     c = PowerSGD(rank=2)
     gen = c.exchange(randn(8, 6, seed=1), TensorContext("w", 0, 0, 0, 1))
@@ -255,3 +241,211 @@ def test_compressible_shapes():
     assert c.compressible(torch.Size([3, 4, 5]))
     with pytest.raises(ValueError, match="2-D"):
         next(c.exchange(torch.zeros(5), TensorContext("w", 0, 0, 0, 1)))
+
+
+# --- error feedback (the paper's Algorithm: M = G + e; e ← M − P Q̄ᵀ) ---------------------------------------------
+
+
+def errors(compressors: list[PowerSGD], key: str = "w") -> list[torch.Tensor]:
+    return [c.state_dict()["e"][key] for c in compressors]
+
+
+@settings(max_examples=20, deadline=None)
+@given(n_rows=st.integers(2, 16), m=st.integers(2, 16), rank=st.integers(1, 3), n=st.sampled_from([1, 2, 3]),
+       seed=st.integers(0, 2**31))
+def test_error_feedback_sums_of_outputs_are_sums_of_mean_inputs_minus_the_mean_error(n_rows, m, rank, n, seed):
+    """Σₜ outₜ = Σₜ mean(Gₜ) − mean(e_T), and each rank's error is its own M minus the shared output."""
+    g = torch.Generator().manual_seed(seed)
+    compressors = workers(PowerSGD(rank=rank, error_feedback=True), n)
+    total_in, total_out = torch.zeros(n_rows, m), torch.zeros(n_rows, m)
+    previous = [torch.zeros(n_rows, m)] * n
+    for step in range(6):
+        xs = [torch.randn(n_rows, m, generator=g) for _ in range(n)]
+        out = exchange_all(compressors, xs, step=step, seed=seed)
+        assert all(torch.equal(o, out[0]) for o in out)
+        for x, e_old, e_new in zip(xs, previous, errors(compressors), strict=True):
+            torch.testing.assert_close(e_new, x + e_old - out[0], rtol=0, atol=1e-5)  # e ← M − P Q̄ᵀ, per rank
+        previous = errors(compressors)
+        total_in += sum(xs) / n
+        total_out += out[0]
+    mean_error = sum(previous) / n
+    assert (total_out + mean_error - total_in).norm() <= 1e-5 * total_in.norm()
+
+
+def test_error_feedback_makes_the_running_mean_of_outputs_track_the_gradient():
+    """A rank-1 exchange of a noisy rank-12 gradient: with EF, Σ out ≈ Σ mean G; without, a projection stays."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(16, 12, generator=g)
+    xs_per_step = [[base + 0.3 * torch.randn(16, 12, generator=g) for _ in range(3)] for _ in range(60)]
+    gaps = {}
+    for feedback in (True, False):
+        compressors = workers(PowerSGD(rank=1, error_feedback=feedback), 3)
+        total_in, total_out = torch.zeros(16, 12), torch.zeros(16, 12)
+        for step, xs in enumerate(xs_per_step):
+            total_out += exchange_all(compressors, xs, step=step)[0]
+            total_in += sum(xs) / 3
+        gaps[feedback] = relative_error(total_out, total_in)
+    assert gaps[True] < 0.2 < 0.6 < gaps[False]
+
+
+@settings(max_examples=25, deadline=None)
+@given(n_rows=st.integers(2, 12), m=st.integers(2, 12), n=st.sampled_from([2, 4]), seed=st.integers(0, 2**31),
+       log_scale=st.integers(-8, 6), full=st.booleans())
+def test_error_feedback_is_exact_for_rank_deficient_gradients(n_rows, m, n, seed, log_scale, full):
+    """Gradients sharing a rank-k row space (dead rows too): rank k (or full rank) stays exact with EF, mean error 0."""
+    g = torch.Generator().manual_seed(seed)
+    k = int(torch.randint(1, min(n_rows, m) + 1, (1,), generator=g))
+    basis = torch.randn(k, m, generator=g) * 10.0**log_scale
+    compressors = workers(PowerSGD(rank=min(n_rows, m) if full else k, error_feedback=True), n)
+    scale = 0.0  # the largest gradient so far: rounding carried in the error is relative to it
+    for step in range(4):
+        xs = [torch.randn(n_rows, k, generator=g) @ basis for _ in range(n)]
+        dead = torch.rand(n_rows, generator=g) < 0.2
+        for x in xs:
+            x[dead] = 0
+        mean = sum(xs) / n
+        scale = max(scale, *(float(x.norm()) for x in xs))
+        out = exchange_all(compressors, xs, step=step, seed=seed)[0]
+        assert (out - mean).norm() <= 1e-4 * scale
+        assert (sum(errors(compressors)) / n).norm() <= 1e-4 * scale
+
+
+def test_error_feedback_is_carried_into_the_next_step():
+    """Step 2 of an EF run is the plain exchange of G₂ + e₁ (per rank), warm-started from the same Q."""
+    xs1 = [randn(10, 7, seed=r) for r in range(2)]
+    xs2 = [randn(10, 7, seed=5 + r) for r in range(2)]
+    ef = workers(PowerSGD(rank=2, error_feedback=True), 2)
+    exchange_all(ef, xs1, step=0)
+    e1, q1 = errors(ef), ef[0].state_dict()["q"]["w"]
+    plain = workers(PowerSGD(rank=2), 2)
+    for c in plain:
+        c.load_state_dict({"q": {"w": q1}})
+    want = exchange_all(plain, [x + e for x, e in zip(xs2, e1)], step=1)
+    got = exchange_all(ef, xs2, step=1)
+    assert torch.equal(got[0], want[0])
+    assert relative_error(got[0], exchange_all(workers(PowerSGD(rank=2), 2), xs2, step=1)[0]) > 1e-3
+
+
+def test_error_feedback_state_round_trip_through_torch_save():
+    xs = [randn(9, 6, 2, seed=r) for r in range(2)]
+    c = workers(PowerSGD(rank=3, error_feedback=True), 2)
+    exchange_all(c, xs, key="layer.weight")
+    states = []
+    for ci in c:
+        buf = io.BytesIO()
+        torch.save(ci.state_dict(), buf)
+        buf.seek(0)
+        states.append(torch.load(buf, weights_only=True))
+    assert not torch.equal(states[0]["e"]["layer.weight"], states[1]["e"]["layer.weight"])  # the error is per rank
+    assert states[0]["e"]["layer.weight"].shape == (9, 12)
+    restored = [PowerSGD(rank=3, error_feedback=True) for _ in range(2)]
+    for r, s in zip(restored, states):
+        r.load_state_dict(s)
+    xs1 = [randn(9, 6, 2, seed=5 + r) for r in range(2)]
+    expected = exchange_all(c, xs1, key="layer.weight", step=1)
+    got = exchange_all(restored, xs1, key="layer.weight", step=1)
+    assert torch.equal(expected[0], got[0])
+    assert all(torch.equal(a, b) for a, b in zip(errors(c, "layer.weight"), errors(restored, "layer.weight")))
+    restored[0].load_state_dict({})
+    assert restored[0].state_dict() == {"q": {}, "e": {}}
+
+
+@pytest.mark.parametrize(
+    "junk, match",
+    [
+        ({"e": 3}, "'e' must be a dict"),
+        ({"e": {"w": torch.zeros(3)}}, "finite 2-D"),
+        ({"e": {"w": torch.full((3, 2), float("inf"))}}, "finite 2-D"),
+        ({"e": {2: torch.zeros(3, 2)}}, "map names"),
+        ({"q": {"w": torch.zeros(5, 2)}, "e": {"w": torch.zeros(3, 4)}}, "does not fit"),
+    ],
+)
+def test_load_state_dict_rejects_junk_error_buffers(junk, match):
+    c = PowerSGD(rank=2, error_feedback=True)
+    with pytest.raises(ValueError, match=match):
+        c.load_state_dict(junk)
+
+
+def test_error_buffers_need_error_feedback_on():
+    with pytest.raises(ValueError, match="error_feedback=False"):
+        PowerSGD(rank=2).load_state_dict({"q": {}, "e": {"w": torch.zeros(3, 2)}})
+    assert "e" not in PowerSGD(rank=2).state_dict()  # the format without EF is unchanged
+
+
+def test_error_buffer_of_another_shape_is_a_clear_error():
+    c = PowerSGD(rank=2, error_feedback=True)
+    c.load_state_dict({"e": {"w": torch.zeros(4, 4)}})
+    with pytest.raises(ValueError, match="error-feedback buffer of 'w' has shape"):
+        next(c.exchange(randn(5, 5, seed=0), TensorContext("w", 0, 0, 0, 1)))
+
+
+@pytest.mark.parametrize("error_feedback", [False, True])
+@pytest.mark.parametrize("rounds_done", [0, 1])
+def test_closing_mid_protocol_leaves_state_untouched(rounds_done, error_feedback):
+    """Q (and the error) stay as they were; after a few steps, once M is formed in a reused scratch buffer (it must
+    never be the error's)."""
+    c = PowerSGD(rank=2, error_feedback=error_feedback)
+    for step in range(3):
+        exchange_all([c], [randn(8, 6, seed=step)], step=step)
+    before = c.state_dict()
+    gen = c.exchange(randn(8, 6, seed=9), TensorContext("w", 3, 0, 0, 1))
+    request = next(gen)
+    for _ in range(rounds_done):
+        request = gen.send(execute_local(as_round(request))[0])
+    gen.close()
+    after = c.state_dict()
+    assert torch.equal(before["q"]["w"], after["q"]["w"])
+    assert not error_feedback or torch.equal(before["e"]["w"], after["e"]["w"])
+
+
+def test_error_feedback_non_finite_step_leaves_error_untouched_through_the_exchange():
+    """A NaN on one rank: the bucket goes dense, e and Q keep their bits on every rank; the next step as if skipped."""
+    from commlib.comm.exchange import ExchangeConfig, GradientExchange
+
+    def exchanges():
+        return [GradientExchange(PowerSGD(rank=2, error_feedback=True), r, 2, ExchangeConfig(start_step=0))
+                for r in range(2)]
+
+    def step(ws, grads, t):
+        return run_lockstep([w.protocol([("w", g)], t) for w, g in zip(ws, grads)])
+
+    g0, g2 = [randn(32, 24, seed=r) for r in range(2)], [randn(32, 24, seed=7 + r) for r in range(2)]
+    bad = [randn(32, 24, seed=3), torch.full((32, 24), float("nan"))]
+    hit, clean = exchanges(), exchanges()
+    for t in range(3):
+        step(hit, g0, t)
+        step(clean, g0, t)
+    before = [copy.deepcopy(w.compressor.state_dict()) for w in hit]
+    (means, report), _ = step(hit, bad, 3)
+    assert report.non_finite and bool(means[0].isnan().any())
+    for w, old in zip(hit, before, strict=True):
+        assert torch.equal(w.compressor.state_dict()["e"]["w"], old["e"]["w"])
+        assert torch.equal(w.compressor.state_dict()["q"]["w"], old["q"]["w"])
+    assert torch.equal(step(hit, g2, 4)[0][0][0], step(clean, g2, 4)[0][0][0])
+
+
+def test_resized_keeps_the_error_buffer():
+    """An L-GreCo rank change (``resized``) shares the error store: the new rank compresses G + e_old."""
+    xs0, xs1 = [randn(24, 40, seed=r) for r in range(2)], [randn(24, 40, seed=4 + r) for r in range(2)]
+    first = workers(PowerSGD(rank=2, error_feedback=True), 2)
+    exchange_all(first, xs0, step=0)
+    e0, q0 = errors(first), first[0].state_dict()["q"]["w"]
+    second = [c.resized(5) for c in first]
+    assert all(s.error_feedback and s.rank == 5 for s in second)
+    got = exchange_all(second, xs1, step=1)[0]
+    fresh = [PowerSGD(rank=5, error_feedback=True) for _ in range(2)]
+    for f, e in zip(fresh, e0):
+        f.load_state_dict({"q": {"w": q0}, "e": {"w": e}})
+    assert torch.equal(got, exchange_all(fresh, xs1, step=1)[0])
+    assert all(torch.equal(a, b) for a, b in zip(errors(first), errors(second)))  # one store, updated once
+
+
+def test_error_feedback_is_part_of_the_config():
+    from commlib.comm.fingerprint import fingerprint
+
+    on, off = PowerSGD(rank=4, error_feedback=True), PowerSGD(rank=4)
+    assert on.config()["error_feedback"] is True and off.config()["error_feedback"] is False
+    assert fingerprint(on.config()) != fingerprint(off.config())
+    assert on.wire_bytes(torch.Size([10, 9])) == off.wire_bytes(torch.Size([10, 9]))  # EF costs no wire bytes
+    with pytest.raises(ValueError, match="error_feedback must be a bool"):
+        PowerSGD(error_feedback=1)

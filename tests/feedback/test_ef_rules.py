@@ -386,6 +386,9 @@ def test_compressor_without_local_compress_is_rejected(comp):
         run(EF21, comp, lambda x, i, t: x, torch.ones(4), lr=0.1, steps=1, n=2)
     with pytest.raises(ValueError, match="local compress"):
         local_compress(comp, torch.ones(4), ctx())
+    with pytest.raises(ValueError) as raised:
+        local_compress(comp, torch.ones(4), ctx())
+    assert ("error_feedback=True" in str(raised.value)) == isinstance(comp, PowerSGD)  # points PowerSGD to its own
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ COMPRESSORS = {
     "topk": (TopK(density=0.1), None),
     "qsgd": (QSGD(bits=4), None),
     "powersgd": (PowerSGD(rank=4), None),
+    "powersgd+ef": (PowerSGD(rank=4, error_feedback=True), None),
     "topk+econtrol": (TopK(density=0.05), EControl(eta=0.025)),
 }
 
@@ -59,6 +60,11 @@ def test_simulator_matches_ddp_bitwise(name: str, ddp_params: dict) -> None:
         torch.set_num_threads(threads)
     for ours, theirs in zip(model.parameters(), ddp_params[name]):
         assert torch.equal(ours.detach(), theirs)
+
+
+def test_powersgd_error_feedback_changes_the_run(ddp_params: dict) -> None:
+    """The EF entry's parity is not the plain PowerSGD run's: its error feedback really acts."""
+    assert not all(torch.equal(a, b) for a, b in zip(ddp_params["powersgd"], ddp_params["powersgd+ef"]))
 
 
 def test_simulator_detects_diverging_workers() -> None:

@@ -13,6 +13,7 @@ from commlib.train.methods import make_compressor, make_feedback
     ("fp32", Identity, None, None), ("sign", Sign, None, None), ("topk:0.05", TopK, "density", 0.05),
     ("randk:0.25", RandK, "density", 0.25), ("qsgd:4", QSGD, "bits", 4), ("powersgd:3", PowerSGD, "rank", 3),
     ("sketch:8", Sketch, "ratio", 8.0), (" TopK:0.5 ", TopK, "density", 0.5),
+    ("powersgd:3:ef", PowerSGD, "error_feedback", True), ("powersgd:3", PowerSGD, "error_feedback", False),
 ])
 def test_compressor_specs(spec, kind, attr, value):
     compressor = make_compressor(spec)
@@ -24,7 +25,7 @@ def test_compressor_specs(spec, kind, attr, value):
 @pytest.mark.parametrize("spec, message", [
     ("zip", "unknown compressor 'zip'"), ("topk", "takes one float parameter"), ("topk:x", "takes one float"),
     ("powersgd:1.5", "takes one int"), ("fp32:2", "takes no parameter"), ("", "non-empty string"),
-    ("topk:2", "density"),
+    ("topk:2", "density"), ("powersgd:3:ef:ef", "takes one int"), ("topk:0.1:ef", "takes one float"),
 ])
 def test_bad_compressor_specs(spec, message):
     with pytest.raises(ValueError, match=message):
