@@ -9,11 +9,17 @@ the 4-worker :class:`~commlib.sim.Simulator`:
 * ``lgreco-sq`` — the same with ``error_metric="squared"`` (sum of squared norms);
 * ``accordion`` — :class:`~commlib.adaptive.Accordion` switching each layer between a light
   setting (twice the default's bytes: density ×2, rank ×2, 8 bits) and a heavy one (half:
-  density ÷2, rank ÷2, 2 bits), checked every ``period`` steps on the same window, η = 0.5.
+  density ÷2, rank ÷2, 2 bits), checked every ``period`` steps on the same window, η = 0.5;
+* ``lgreco-grid-norm`` / ``lgreco-grid-sq`` — L-GreCo (either error measure) with a richer grid
+  of the same family (:attr:`Family.grid`: QSGD bits × bucket sizes × norms, PowerSGD ranks 1…64);
+* ``lgreco-mixed-norm`` / ``lgreco-mixed-sq`` — L-GreCo choosing per layer among several families
+  (:attr:`Family.mixed`, dense fp16/bf16 included); the uniform baseline stays the family's default.
+
+The grid and mixed methods run for the families that define those grids (QSGD and PowerSGD).
 
 All methods of a family use the same error feedback (EF14 for top-k, none for QSGD, which is
-unbiased, and PowerSGD, which commlib's error feedback does not take), the same candidate grid
-(:func:`~commlib.adaptive.default_grid` of the default) and the same seeds. Uniform runs the plain
+unbiased, and PowerSGD, which commlib's error feedback does not take) and the same seeds; the
+L-GreCo methods without a suffix use :func:`~commlib.adaptive.default_grid` of the default. Uniform runs the plain
 compressor; the policies start from the same uniform default until their first decision, so the
 bytes before it are the same (checked on the digits results: uniform's ``last_step_bytes`` equals
 the policies' ``default_bytes`` plus the dense biases and the 4-byte non-finite flag).
@@ -34,24 +40,46 @@ from commlib.feedback import EF14
 from commlib.sim import Simulator
 
 RESULTS = Path(__file__).parent / "results"
-METHODS = ("uniform", "lgreco-norm", "lgreco-sq", "accordion")
+METHODS = ("uniform", "lgreco-norm", "lgreco-sq", "accordion", "lgreco-grid-norm", "lgreco-grid-sq",
+           "lgreco-mixed-norm", "lgreco-mixed-sq")
+#: What must match for ``--merge`` to combine runs from an earlier results file with new ones.
+MERGE_KEYS = ("steps", "seeds", "period", "window", "batch", "layers", "chars")
+
+_QSGD_GRID = tuple(f"qsgd:{b}x{s}{n}" for b in (2, 4, 8) for s in (32, 128, 512, 2048) for n in ("", ":max"))
+_RANKS = tuple(f"powersgd:{r}" for r in (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64))
+_TOPK = tuple(f"topk:{d}" for d in (0.005, 0.01, 0.02, 0.05, 0.1, 0.2))
 
 
 @dataclass(frozen=True)
 class Family:
-    """A compression family: its default option, Accordion's light and heavy options, and its error feedback."""
+    """A compression family: its default option, Accordion's light and heavy options, and its error feedback.
+
+    ``grid`` (richer candidates of the same family) and ``mixed`` (candidates of several
+    families) are the options of the ``lgreco-grid-*`` and ``lgreco-mixed-*`` methods; empty: no such methods.
+    """
 
     name: str
     default: str
     light: str
     heavy: str
     feedback: bool
+    grid: tuple[str, ...] = ()
+    mixed: tuple[str, ...] = ()
+
+    def methods(self) -> tuple[str, ...]:
+        """The methods this family runs."""
+        missing = [prefix for prefix, grid in (("lgreco-grid", self.grid), ("lgreco-mixed", self.mixed)) if not grid]
+        return tuple(m for m in METHODS if not any(m.startswith(prefix) for prefix in missing))
 
 
 FAMILIES = {
     "topk": Family("topk", "topk:0.1", "topk:0.2", "topk:0.05", feedback=True),
-    "qsgd": Family("qsgd", "qsgd:4x128", "qsgd:8x128", "qsgd:2x128", feedback=False),
-    "powersgd": Family("powersgd", "powersgd:4", "powersgd:8", "powersgd:2", feedback=False),
+    "qsgd": Family("qsgd", "qsgd:4x128", "qsgd:8x128", "qsgd:2x128", feedback=False, grid=_QSGD_GRID,
+                   mixed=(*_QSGD_GRID, *_RANKS, "fp16", "bf16")),
+    "qsgd-ef": Family("qsgd-ef", "qsgd:4x128", "qsgd:8x128", "qsgd:2x128", feedback=True, grid=_QSGD_GRID,
+                      mixed=(*_QSGD_GRID, *_TOPK)),
+    "powersgd": Family("powersgd", "powersgd:4", "powersgd:8", "powersgd:2", feedback=False, grid=_RANKS,
+                       mixed=(*_RANKS, *_QSGD_GRID, "fp16", "bf16")),
 }
 
 
@@ -61,9 +89,10 @@ def make_simulator(method: str, family: Family, seed: int, workers: int, period:
     if method == "uniform":
         return Simulator(Option.parse(family.default).build(), workers, seed=seed, feedback=feedback)
     if method.startswith("lgreco"):
-        metric = "norm" if method == "lgreco-norm" else "squared"
-        policy = LGreCo(period=period, window=window, alpha=1.0, default_option=family.default, error_metric=metric,
-                        seed=seed)
+        metric = "squared" if method.endswith("-sq") else "norm"
+        options = family.grid if "-grid-" in method else family.mixed if "-mixed-" in method else None
+        policy = LGreCo(period=period, window=window, alpha=1.0, options=list(options) if options else None,
+                        default_option=family.default, error_metric=metric, seed=seed)
     elif method == "accordion":
         policy = Accordion(family.light, family.heavy, interval=period, window=window, eta=0.5)
     else:
@@ -139,6 +168,25 @@ def markdown(rows: list[dict[str, object]], quality: str, header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merge_runs(path: Path, runs: list[dict], args: object) -> list[dict]:
+    """``runs`` plus the runs of ``path`` (an earlier results file) for the (family, method) pairs ``runs`` lacks.
+
+    Raises ``ValueError`` when the earlier file's settings (:data:`MERGE_KEYS`) differ from ``args``.
+    """
+    if not path.exists():
+        return runs
+    earlier = json.loads(path.read_text())
+    mine, theirs = vars(args), earlier["args"]
+    differ = [k for k in MERGE_KEYS if mine.get(k) != theirs.get(k)]
+    if differ:
+        raise ValueError(f"cannot merge with {path}: settings differ in {differ}")
+    done = {(r["family"], r["method"]) for r in runs}
+    kept = [r for r in earlier["runs"] if (r["family"], r["method"]) not in done]
+    order = {m: i for i, m in enumerate(METHODS)}
+    families = list(dict.fromkeys([*(r["family"] for r in earlier["runs"]), *(r["family"] for r in runs)]))
+    return sorted(kept + runs, key=lambda r: (families.index(r["family"]), order[r["method"]], r["seed"]))
+
+
 def write_results(name: str, args: object, runs: list[dict], rows: list[dict[str, object]], quality: str,
                   header: str, title: str, results: Path) -> None:
     """Write ``name``.json (args, summary, runs), .md (table) and .png (plot) under ``results``; print the table."""
@@ -150,28 +198,31 @@ def write_results(name: str, args: object, runs: list[dict], rows: list[dict[str
 
 
 def plot(runs: list[dict], quality: str, title: str, path: Path) -> None:
-    """One panel per family: MB sent (x) against quality (y), mean ± std over seeds per method."""
+    """One panel per family: MB sent (x) against quality (y), mean ± std over seeds per method; one shared legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     families = list(dict.fromkeys(r["family"] for r in runs))
-    fig, axes = plt.subplots(1, len(families), figsize=(max(7.0, 4.2 * len(families)), 3.6), squeeze=False)
-    markers = dict(zip(METHODS, "osD^"))
+    fig, axes = plt.subplots(1, len(families), figsize=(max(7.0, 4.2 * len(families)), 4.4), squeeze=False)
+    style = {m: (f"C{i}", marker) for i, (m, marker) in enumerate(zip(METHODS, "osD^vPXp"))}
+    handles: dict[str, object] = {}
     for ax, fam in zip(axes[0], families):
         for method in dict.fromkeys(r["method"] for r in runs if r["family"] == fam):
             mine = [r for r in runs if r["family"] == fam and r["method"] == method]
             mb, mb_sd = _mean_std([r["sent_bytes"] / 1e6 for r in mine])
             q, q_sd = _mean_std([r[quality] for r in mine])
-            ax.errorbar(mb, q, xerr=mb_sd, yerr=q_sd, marker=markers.get(method, "x"), capsize=3, label=method)
+            color, marker = style.get(method, ("k", "x"))
+            handles[method] = ax.errorbar(mb, q, xerr=mb_sd, yerr=q_sd, marker=marker, color=color, capsize=3,
+                                          label=method)
         ax.set_title(fam)
         ax.set_xlabel("MB sent by worker 0")
         ax.set_ylabel(quality)
         ax.grid(alpha=0.3)
         ax.set_xlim(left=0)
-    axes[0][0].legend(fontsize=8)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 8), fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)

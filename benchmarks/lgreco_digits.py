@@ -1,7 +1,8 @@
 """Uniform vs L-GreCo vs Accordion on the digits MLP (4 simulated workers): bytes sent and test accuracy.
 
-For each family (top-k 0.1 with EF14, QSGD 4 bits, PowerSGD rank 4), method and seed
-(see :mod:`lgreco_compare` for the methods):
+For each family (top-k 0.1 with EF14, QSGD 4 bits without and with EF14, PowerSGD rank 4),
+method (``--methods``; the richer-grid and mixed-family L-GreCo methods for QSGD and PowerSGD)
+and seed (see :mod:`lgreco_compare` for the methods):
 
 1. build the digits MLP (64-256-256-10) and the 4-worker simulator of the method;
 2. train ``--steps`` steps with :func:`commlib.train.train_simulated` (SGD, lr 0.1, momentum 0.9,
@@ -10,7 +11,8 @@ For each family (top-k 0.1 with EF14, QSGD 4 bits, PowerSGD rank 4), method and 
 3. record the bytes worker 0 sent over the whole run (dense warm-up and the uniform steps before
    the first decision included), the last step's bytes, and the test accuracy.
 
-Writes ``benchmarks/results/lgreco_digits{_quick}.json``, ``.md`` and ``.png``.
+Writes ``benchmarks/results/lgreco_digits{_quick}.json``, ``.md`` and ``.png``; with ``--merge``,
+the earlier file's runs of the (family, method) pairs not run now are kept (same settings required).
 Run: ``PYTHONPATH=. python benchmarks/lgreco_digits.py [--quick]``.
 """
 
@@ -20,7 +22,17 @@ import argparse
 import time
 
 import torch
-from lgreco_compare import FAMILIES, METHODS, RESULTS, describe, make_simulator, run_all, summarize, write_results
+from lgreco_compare import (
+    FAMILIES,
+    METHODS,
+    RESULTS,
+    describe,
+    make_simulator,
+    merge_runs,
+    run_all,
+    summarize,
+    write_results,
+)
 
 from commlib.train import TrainConfig, load_digits, make_optimizer, mlp, train_simulated
 
@@ -36,7 +48,6 @@ def run(family: str, method: str, seed: int, args: argparse.Namespace) -> dict[s
             "seconds": time.perf_counter() - start, **describe(sim)}
 
 
-
 def _run_task(task: tuple) -> dict:
     return run(*task)
 
@@ -49,17 +60,22 @@ def main() -> None:
     parser.add_argument("--period", type=int, default=20)
     parser.add_argument("--window", type=int, default=10)
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the earlier results file's runs of the (family, method) pairs not run now")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
     parser.add_argument("--quick", action="store_true", help="smoke run: 40 steps, 2 seeds, period 10, window 5")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.seeds, args.period, args.window = 40, 2, 10, 5
     torch.set_num_threads(1)
-    tasks = [(family, method, seed, args) for family in args.families for method in METHODS
-             for seed in range(args.seeds)]
-    runs = run_all(_run_task, tasks, args.jobs)
-    rows = summarize(runs, "accuracy", higher_is_better=True)
+    tasks = [(family, method, seed, args) for family in args.families for method in FAMILIES[family].methods()
+             if method in args.methods for seed in range(args.seeds)]
     name = "lgreco_digits_quick" if args.quick else "lgreco_digits"
+    runs = run_all(_run_task, tasks, args.jobs)
+    if args.merge:
+        runs = merge_runs(RESULTS / f"{name}.json", runs, args)
+    rows = summarize(runs, "accuracy", higher_is_better=True)
     header = (f"digits MLP (64-256-256-10), 4 simulated workers, {args.steps} steps, α = 1, period "
               f"{args.period}, window {args.window}; mean over {args.seeds} seeds (bytes include the dense warm-up "
               f"and the uniform steps before the first decision)")

@@ -10,8 +10,8 @@ projection) and a 4× MLP, a final LayerNorm and a linear head. Every parameter 
 from its own seeded stream (never the global RNG). 11 matrices (with 2 layers) are compressed;
 LayerNorm weights and biases are 1-D and always go dense.
 
-Per family (top-k 0.1 with EF14, QSGD 4 bits, PowerSGD rank 4), method and seed (methods in
-:mod:`lgreco_compare`):
+Per family (top-k 0.1 with EF14, QSGD 4 bits without and with EF14, PowerSGD rank 4), method
+(``--methods``) and seed (methods in :mod:`lgreco_compare`):
 
 1. each of the 4 workers draws ``--batch`` windows of 65 characters from the training text
    (a generator seeded by (seed, step, worker)), computes its next-character cross-entropy
@@ -19,7 +19,8 @@ Per family (top-k 0.1 with EF14, QSGD 4 bits, PowerSGD rank 4), method and seed 
 2. after ``--steps`` steps, record the bytes worker 0 sent over the run and the validation loss
    (nats per character) on 64 fixed windows of the validation text.
 
-Writes ``benchmarks/results/lgreco_text{_quick}.json``, ``.md`` and ``.png``.
+Writes ``benchmarks/results/lgreco_text{_quick}.json``, ``.md`` and ``.png``; with ``--merge``,
+the earlier file's runs of the (family, method) pairs not run now are kept (same settings required).
 Run: ``PYTHONPATH=. python benchmarks/lgreco_text.py [--quick]``.
 """
 
@@ -32,7 +33,17 @@ import time
 
 import torch
 import torch.nn.functional as F
-from lgreco_compare import FAMILIES, METHODS, RESULTS, describe, make_simulator, run_all, summarize, write_results
+from lgreco_compare import (
+    FAMILIES,
+    METHODS,
+    RESULTS,
+    describe,
+    make_simulator,
+    merge_runs,
+    run_all,
+    summarize,
+    write_results,
+)
 from torch import Tensor, nn
 
 from commlib import rng
@@ -141,7 +152,6 @@ def run(family: str, method: str, seed: int, data: tuple[Tensor, Tensor, int], a
             "seconds": time.perf_counter() - start, **describe(sim)}
 
 
-
 def _run_task(task: tuple) -> dict:
     return run(*task)
 
@@ -157,6 +167,9 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--chars", type=int, default=200_000)
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the earlier results file's runs of the (family, method) pairs not run now")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
     parser.add_argument("--quick", action="store_true", help="smoke run: 40 steps, 2 seeds, period 10, window 5")
     args = parser.parse_args()
@@ -164,11 +177,13 @@ def main() -> None:
         args.steps, args.seeds, args.period, args.window = 40, 2, 10, 5
     torch.set_num_threads(1)
     data = load_text(args.chars)
-    tasks = [(family, method, seed, data, args) for family in args.families for method in METHODS
-             for seed in range(args.seeds)]
-    runs = run_all(_run_task, tasks, args.jobs)
-    rows = summarize(runs, "val_loss", higher_is_better=False)
+    tasks = [(family, method, seed, data, args) for family in args.families for method in FAMILIES[family].methods()
+             if method in args.methods for seed in range(args.seeds)]
     name = "lgreco_text_quick" if args.quick else "lgreco_text"
+    runs = run_all(_run_task, tasks, args.jobs)
+    if args.merge:
+        runs = merge_runs(RESULTS / f"{name}.json", runs, args)
+    rows = summarize(runs, "val_loss", higher_is_better=False)
     header = (f"char transformer ({args.layers} layers, d {WIDTH}, context {CONTEXT}, vocabulary {data[2]}) on "
               f"pydoc_data/topics.py, 4 simulated workers × {args.batch} windows, {args.steps} steps, Adam, α = 1, "
               f"period {args.period}, window {args.window}; mean over {args.seeds} seeds (bytes include the dense "
