@@ -3,14 +3,18 @@
 Steps, on ``--world`` gloo processes on this machine (one intra-op thread each):
 
 1. calibrate a :class:`~commlib.adaptive.TimeCost` on the group (:func:`~commlib.adaptive.calibrate`:
-   all-reduce and all-gather at 4 KB … 4 MB, medians, max over ranks, least-squares fit) and
-   time every option's encode/decode (:func:`~commlib.adaptive.measure_codec_times`);
+   all-reduce, all-gather and all-to-all at 4 KB … 4 MB, medians, max over ranks, least-squares
+   fit) and time every option's local work (:func:`~commlib.adaptive.measure_codec_times`, every
+   rank at once so the times carry the contention of ranks sharing cores, max over ranks);
 2. for each option set (uniform fp32, top-k 0.1, QSGD 4 bits, PowerSGD rank 4, and a mixed set
    as L-GreCo would choose), build a ``GradientExchange`` whose policy holds that decision and
    time one bucket (four matrices of an MLP, 0.59 M elements, plus biases) end to end with the
    torch driver: a barrier, then the exchange; the median of ``--repeats`` runs, max over ranks;
 3. predict the same with :func:`~commlib.adaptive.cost.exchange_seconds` (one latency per fused
-   collective, payload bytes as sent, codec times).
+   collective, payload bytes as sent, the driver's split of large ordered all-reduces, codec times).
+
+The same comparison on shaped links (netem), with L-GreCo's own choice and in-run re-calibration:
+``benchmarks/netem/lgreco_time_netem.py``.
 
 Writes ``benchmarks/results/lgreco_time{_quick}.json`` and ``.md`` with predicted/measured per set.
 Run: ``PYTHONPATH=. python benchmarks/lgreco_time.py [--quick]``. Timings on a shared machine are
@@ -72,16 +76,17 @@ def _worker(rank: int, world: int, port: int, repeats: int, queue) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=300))
     try:
         options = [Option.parse(o) for o in OPTIONS]
-        codec = measure_codec_times([o for o in options if o.family != "fp32"], shape=(512, 512))
+        codec = measure_codec_times(options, shape=(512, 512), group=dist.group.WORLD)
         model = calibrate(sizes=(1 << 12, 1 << 16, 1 << 20, 1 << 22), repeats=repeats, codec=codec)
         gen = torch.Generator().manual_seed(rank)
         named = [(n, torch.randn(s, generator=gen)) for n, s in SHAPES.items()]
         named += [(f"b{i}", torch.randn(n, generator=gen)) for i, n in enumerate((512, 512, 256, 10))]
         rows = []
         for label, choice in SETS.items():
-            policy = LGreCo(period=10**6, options=OPTIONS, default_option="topk:0.1")
+            policy = LGreCo(period=1, window=1, options=OPTIONS, default_option="topk:0.1", once=True)
             exchange = GradientExchange(Identity(), rank, world, ExchangeConfig(start_step=0), policy=policy)
             exchange.register({n: t.shape for n, t in named})
+            policy.decide(1)  # the once-due re-solve, without statistics: skipped, and held from now on
             policy.load_decision(torch.tensor([OPTIONS.index(o) for o in choice]))
             measured = _measure(exchange, named, repeats)
             layers = [(SHAPES[n], Option.parse(o)) for n, o in zip(SHAPES, choice)]

@@ -9,37 +9,37 @@ group by :func:`~commlib.adaptive.cost.calibrate`), under the same rule
 ``GradientExchange`` applies (tensors of fewer than 2 dimensions or fewer than
 ``min_numel`` elements, and tensors the compressor cannot take, go dense):
 
-1. dense price of a tensor: ``latency + 2(n−1)/n·4·numel·β`` (ring all-reduce);
-2. compressed price: ``rounds·latency + traffic·wire_bytes·β + numel·(encode + decodes·decode)``,
-   where the collective is all-reduce for the dense casts and all-gather for
-   everything else (gather compressors, and PowerSGD's and sketches'
-   rank-ordered all-reduces: the torch driver runs those under
-   ``SPLIT_MIN_BYTES`` as all-gathers and larger ones with ring traffic, so
-   this over-prices the large ones), and an all-gather decodes ``n`` payloads;
+1. dense price of a tensor: ``latency + 2(n−1)/n·4·numel·β`` (native ring all-reduce);
+2. compressed price: the collectives the torch driver issues for it
+   (:func:`~commlib.adaptive.cost.collective_seconds`) plus
+   ``numel·(encode + decodes·decode)``: a gather compressor's payload is one
+   all-gather (``n`` decodes); a cast's one native all-reduce; PowerSGD's
+   ``P`` and ``Q`` and a linear compressor's (sketch) payload are rank-ordered
+   all-reduces — an all-gather below ``SPLIT_MIN_BYTES``, an all-to-all plus an
+   all-gather with ring traffic from there on; a tensor that stays dense in the
+   compressed configuration goes through the exchange's ordered fp32 all-reduce;
 3. compression pays when the compressed total is below the dense total.
 
-:func:`codec_seconds` measures a compressor's ``(encode, decode)`` seconds per
-element on one tensor, without communication (ranks should max-reduce it so
-they all decide alike).
+:func:`codec_seconds` (from :mod:`.cost`) measures a compressor's ``(encode,
+decode)`` seconds per element on one tensor, without communication; with a
+process group every rank times at once and the result is max-reduced, so all
+ranks decide alike and the times carry the contention of training.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from ..compress import BF16, FP16, GatherCompressor, Identity, PowerSGD, TensorContext
+from ..compress import GatherCompressor, PowerSGD
 from ..compress.base import Compressor
-from .cost import TimeCost, traffic_factor
+from .cost import TimeCost, codec_seconds, collective_seconds, powersgd_payloads
 from .options import CollectiveKind
 
 __all__ = ["Payoff", "codec_seconds", "collective_of", "compression_payoff"]
-
-_CASTS = (Identity, FP16, BF16)
 
 
 @dataclass(frozen=True)
@@ -60,40 +60,25 @@ class Payoff:
 
 
 def collective_of(compressor: Compressor) -> CollectiveKind:
-    """The collective carrying ``compressor``'s payload on the wire (see the module docstring, step 2)."""
-    return "allreduce" if isinstance(compressor, _CASTS) else "allgather"
+    """The collective whose fit prices ``compressor``'s payload: all-reduce for casts, all-gather otherwise.
 
-
-def codec_seconds(
-    compressor: Compressor, shape: Sequence[int] = (1024, 1024), repeats: int = 3, seed: int = 0
-) -> tuple[float, float]:
-    """``(encode, decode)`` seconds per element, the best of ``repeats`` on one Gaussian tensor of ``shape``.
-
-    Gather compressors time ``encode`` and one ``decode_add``; the others run
-    their whole exchange on one in-process worker and count it as encoding.
+    Gather compressors all-gather; PowerSGD's and linear compressors' ordered
+    all-reduces run as all-gathers or as all-to-all plus all-gather (step 2).
     """
-    from ..comm.local import run_lockstep
+    return "allreduce" if compressor.is_cast else "allgather"
 
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats!r}")
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-    if not compressor.compressible(x.shape):
-        raise ValueError(f"{type(compressor).__name__} cannot compress the timing shape {tuple(shape)}")
-    ctx = TensorContext(key="codec", step=0, seed=seed, rank=0, world_size=1)
-    enc = dec = math.inf
-    for _ in range(repeats):
-        if isinstance(compressor, GatherCompressor):
-            out = torch.zeros(x.numel())  # allocated outside the timed region
-            start = time.perf_counter()
-            payload = compressor.encode(x, ctx)
-            mid = time.perf_counter()
-            compressor.decode_add(payload, out, ctx)
-            enc, dec = min(enc, mid - start), min(dec, time.perf_counter() - mid)
-        else:
-            start = time.perf_counter()
-            run_lockstep([compressor.exchange(x, ctx)])
-            enc, dec = min(enc, time.perf_counter() - start), 0.0
-    return enc / x.numel(), dec / x.numel()
+
+def _compressed_seconds(compressor: Compressor, shape: torch.Size, cost: TimeCost, world_size: int) -> float:
+    """Wire seconds of ``compressor``'s collectives for one tensor (step 2), without codec time."""
+    if compressor.is_cast:
+        return collective_seconds(cost, "allreduce", compressor.wire_bytes(shape).total, world_size)
+    if isinstance(compressor, GatherCompressor):
+        return collective_seconds(cost, "allgather", compressor.wire_bytes(shape).total, world_size)
+    if isinstance(compressor, PowerSGD):
+        payloads: Sequence[int] = powersgd_payloads(compressor, shape)
+    else:
+        payloads = [compressor.wire_bytes(shape).total]
+    return sum(collective_seconds(cost, "allgather", p, world_size, ordered=True) for p in payloads)
 
 
 def compression_payoff(
@@ -104,26 +89,25 @@ def compression_payoff(
     codec: tuple[float, float] = (0.0, 0.0),
     min_numel: int = 256,
 ) -> Payoff:
-    """Price one step's exchange of tensors of ``shapes`` dense and with ``compressor`` (module docstring)."""
+    """Price one step's exchange of tensors of ``shapes`` dense and with ``compressor`` (module docstring).
+
+    A cast compressor takes every tensor (the exchange sends the whole bucket through its all-reduce).
+    """
     if not isinstance(cost, TimeCost):
         raise TypeError(f"compression_payoff needs a TimeCost, got {type(cost).__name__}")
     if len(codec) != 2 or not all(math.isfinite(v) and v >= 0 for v in codec):
         raise ValueError(f"codec must be (encode, decode) finite seconds per element >= 0, got {codec!r}")
-    dense_factor = traffic_factor("allreduce", world_size)
-    kind = collective_of(compressor)
-    rounds = 2 if isinstance(compressor, PowerSGD) else 1
     decodes = world_size if isinstance(compressor, GatherCompressor) else 1
     dense_total = compressed_total = 0.0
     compressed = 0
     for raw in shapes:
         shape = torch.Size(raw)
-        dense = cost.latency["allreduce"] + dense_factor * 4 * shape.numel() * cost.seconds_per_byte["allreduce"]
-        dense_total += dense
-        if len(shape) < 2 or shape.numel() < min_numel or not compressor.compressible(shape):
-            compressed_total += dense
-            continue
-        compressed += 1
-        wire = traffic_factor(kind, world_size) * compressor.wire_bytes(shape).total
-        compressed_total += (rounds * cost.latency[kind] + wire * cost.seconds_per_byte[kind]
-                             + shape.numel() * (codec[0] + decodes * codec[1]))
+        dense_total += collective_seconds(cost, "allreduce", 4 * shape.numel(), world_size)
+        if not compressor.is_cast and (len(shape) < 2 or shape.numel() < min_numel
+                                       or not compressor.compressible(shape)):
+            compressed_total += collective_seconds(cost, "allgather", 4 * shape.numel(), world_size, ordered=True)
+        else:
+            compressed += 1
+            compressed_total += (_compressed_seconds(compressor, shape, cost, world_size)
+                                 + shape.numel() * (codec[0] + decodes * codec[1]))
     return Payoff(dense_total, compressed_total, compressed)

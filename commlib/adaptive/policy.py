@@ -25,8 +25,14 @@ its dense warm-up first and starts ``τ`` at 0 after it):
 4. The runtime maps indices to compressors with :attr:`LGreCo.options`
    (``options[i].build()``, or reconfigures its existing ones).
 
+With ``once=True`` the first due re-solve (at ``τ = period``) is the last: the
+policy then holds its decision (no more windows or re-solves) — on every rank
+alike, solved or skipped, so the runtime's broadcasts stay matched.
+
 Call :meth:`~LGreCo.decide` before :meth:`~LGreCo.observe` within a step. All
 state is in :meth:`~LGreCo.state_dict` (tensors and plain values).
+:class:`AdaptivePolicy` is the interface runtimes rely on (met by
+:class:`LGreCo` and :class:`~commlib.adaptive.Accordion`).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -46,11 +53,30 @@ from .dp import Solution, solve
 from .options import Option, default_grid
 from .tables import ErrorAccumulator, error_table
 
-__all__ = ["LGreCo", "LGreCoStats"]
+__all__ = ["AdaptivePolicy", "LGreCo", "LGreCoStats"]
 
 _log = logging.getLogger(__name__)
 
 _METRICS = ("squared", "norm")
+_HELD = 0  # ``_next_solve`` once a ``once=True`` policy has had its re-solve: no more windows or re-solves
+
+
+class AdaptivePolicy(Protocol):
+    """What a runtime (``GradientExchange``, ``CommState``, ``Simulator``) uses of a layerwise policy."""
+
+    options: list[Option]
+    layer_names: list[str]
+
+    def register(self, shapes: Mapping[str, Sequence[int]], world_size: int | None = None) -> None: ...
+    def wants_gradients(self, step: int) -> bool: ...
+    def observe(self, step: int, grads: Mapping[str, Tensor], feedback: Mapping[str, Tensor] | None = None) -> bool: ...
+    def should_solve(self, step: int) -> bool: ...
+    def decide(self, step: int) -> Tensor: ...
+    def load_decision(self, decision: Tensor) -> None: ...
+    def choices(self) -> dict[str, Option]: ...
+    def config(self) -> dict[str, object]: ...
+    def state_dict(self) -> dict[str, object]: ...
+    def load_state_dict(self, state: Mapping[str, object]) -> None: ...
 
 
 @dataclass
@@ -97,7 +123,8 @@ class LGreCo:
     implementation) or ``"squared"`` (sum of squared errors, the squared norm
     of the whole model's compression error, which lets the largest layer
     dominate the budget). ``power_iterations`` and ``seed`` go to
-    :func:`~commlib.adaptive.tables.error_table`.
+    :func:`~commlib.adaptive.tables.error_table`. ``once``: re-solve only at
+    ``τ = period``, then hold that decision (module docstring).
     """
 
     def __init__(
@@ -113,6 +140,7 @@ class LGreCo:
         error_metric: str = "norm",
         power_iterations: int | None = None,
         seed: int = 0,
+        once: bool = False,
     ) -> None:
         self.period = _check_int(period, "period", 1)
         self.window = _check_int(window, "window", 1)
@@ -121,6 +149,9 @@ class LGreCo:
         self.bins = _check_int(bins, "bins", 1)
         self.world_size = _check_int(world_size, "world_size", 1)
         self.seed = _check_int(seed, "seed", 0)
+        if not isinstance(once, bool):
+            raise ValueError(f"LGreCo once must be a bool, got {once!r}")
+        self.once = once
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (math.isfinite(alpha) and alpha > 0):
             raise ValueError(f"LGreCo alpha must be a positive finite number, got {alpha!r}")
         if error_metric not in _METRICS:
@@ -202,7 +233,7 @@ class LGreCo:
 
     def should_solve(self, step: int) -> bool:
         """Whether a re-solve is due at ``step`` (the first call at or after each multiple of ``period``)."""
-        return step >= self._next_solve
+        return self._next_solve != _HELD and step >= self._next_solve
 
     def decide(self, step: int) -> Tensor:
         """The decision for ``step`` (int64 option indices per layer), re-solving first when due.
@@ -211,7 +242,7 @@ class LGreCo:
         the decision and counts as ``skipped``.
         """
         if self.should_solve(step):
-            self._next_solve = (step // self.period + 1) * self.period
+            self._next_solve = _HELD if self.once else (step // self.period + 1) * self.period
             self.stats.last_step = step
             if self._accumulator.steps():
                 self.solve()
@@ -292,7 +323,8 @@ class LGreCo:
         """The settings every rank must share (plain values, for a runtime's config fingerprint)."""
         return {"options": [str(o) for o in self.options], "default": str(self.default_option), "period": self.period,
                 "window": self.window, "alpha": self.alpha, "bins": self.bins, "error_metric": self.error_metric,
-                "power_iterations": self.power_iterations, "seed": self.seed, "cost": self.cost_model.unit,
+                "power_iterations": self.power_iterations, "seed": self.seed, "once": self.once,
+                "cost": self.cost_model.unit,
                 "layers": list(self.layer_names)}
 
     def decision(self) -> Tensor:
@@ -336,7 +368,7 @@ class LGreCo:
         stats = dict(state["stats"])
         if set(stats) != set(LGreCoStats.__dataclass_fields__):
             raise ValueError(f"LGreCo stats need the fields of LGreCoStats, got {sorted(stats)}")
-        next_solve = _check_int(state["next_solve"], "next_solve", 1)
+        next_solve = _check_int(state["next_solve"], "next_solve", _HELD)
         self.register(dict(zip(layers, shapes)))
         self._accumulator.load_state_dict(state["accumulator"])
         self.load_decision(state["decision"])

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..adaptive import LGreCo
+from ..adaptive.policy import AdaptivePolicy
 from ..comm.exchange import ExchangeConfig, GradientExchange
 from ..comm.stats import CommStats
 from ..comm.torch_driver import OrderedIssuer
@@ -69,7 +69,7 @@ class CommState:
         log_every: int = 0,
         feedback_warm_start: bool = False,
         check_every: int = 0,
-        policy: LGreCo | None = None,
+        policy: AdaptivePolicy | None = None,
     ) -> None:
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError("CommState needs an initialised torch.distributed process group")
@@ -103,7 +103,7 @@ class CommState:
         return self.exchange.compressor
 
     @property
-    def policy(self) -> LGreCo | None:
+    def policy(self) -> AdaptivePolicy | None:
         return self.exchange.policy
 
     def config(self) -> dict[str, object]:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..adaptive import LGreCo
+from ..adaptive.policy import AdaptivePolicy
 from ..comm.exchange import ExchangeConfig, GradientExchange
 from ..comm.local import run_lockstep
 from ..comm.stats import CommStats
@@ -46,7 +46,7 @@ class Simulator:
         min_numel: int = 256,
         feedback_warm_start: bool = False,
         check_every: int = 0,
-        policy: LGreCo | None = None,
+        policy: AdaptivePolicy | None = None,
     ) -> None:
         if n_workers < 1:
             raise ValueError(f"n_workers must be >= 1, got {n_workers}")
@@ -82,7 +82,7 @@ class Simulator:
         return means
 
     @property
-    def policy(self) -> LGreCo | None:
+    def policy(self) -> AdaptivePolicy | None:
         """Worker 0's policy (the deciding one)."""
         return self.workers[0].policy
 

@@ -15,13 +15,17 @@ from commlib.adaptive.cost import (
     TimeCost,
     Timing,
     calibrate,
+    codec_seconds,
     cost_table,
     fit_linear,
     measure_codec_times,
+    option_collectives,
+    ordered_traffic,
     traffic_factor,
     wire_collective,
 )
 from commlib.adaptive.options import Option
+from commlib.comm.torch_driver import SPLIT_MIN_BYTES
 
 WORLDS = [2, 4, 8, 16, 64]
 
@@ -40,14 +44,31 @@ def test_allgather_traffic_grows_with_world_size_and_allreduce_does_not():
 
 def test_byte_cost_follows_the_wire_collective():
     shape = (256, 256)
-    topk, fp16, psgd = Option.topk(0.01), Option("fp16"), Option.powersgd(4)
+    topk, fp16, psgd, fp32 = Option.topk(0.01), Option("fp16"), Option.powersgd(4), Option("fp32")
     assert wire_collective(topk) == "allgather" and wire_collective(fp16) == "allreduce"
-    assert wire_collective(psgd) == "allgather"  # ordered all-reduce = all-gather + local sum in commlib
+    assert wire_collective(psgd) == wire_collective(fp32) == "allgather"  # ordered: priced at the gather's fit
     model = ByteCost()
     for n in WORLDS:
         assert model.cost(topk, shape, n) == (n - 1) * topk.wire_bytes(shape)
         assert model.cost(fp16, shape, n) == pytest.approx(2 * (n - 1) / n * fp16.wire_bytes(shape))
         assert model.cost(fp16, shape, n) <= 2 * fp16.wire_bytes(shape)
+        # fp32 is 256 KiB, above the split: the driver's all-to-all + all-gather send a ring's share
+        assert model.cost(fp32, shape, n) == pytest.approx(2 * (n - 1) / n * 4 * 256 * 256)
+        assert model.cost(fp32, (64, 64), n) == (n - 1) * 4 * 64 * 64  # 16 KiB: one all-gather
+        assert model.cost(psgd, shape, n) == (n - 1) * psgd.wire_bytes(shape)  # P and Q are 4 KiB each
+
+
+def test_ordered_all_reduce_splits_at_the_drivers_threshold():
+    for n in (2, 4, 8):
+        assert ordered_traffic(SPLIT_MIN_BYTES - 4, n) == (1, n - 1)
+        assert ordered_traffic(SPLIT_MIN_BYTES, n) == (2, pytest.approx(2 * (n - 1) / n))
+    assert ordered_traffic(1 << 20, 1) == (1, 0.0)  # a world of one gathers (and sends) nothing
+    # PowerSGD rank 16 on a 2048 x 2048 matrix: P and Q are 128 KiB each, so both split
+    big = option_collectives(Option.powersgd(16), (2048, 2048), 4)
+    assert big == [("ordered", pytest.approx(1.5 * 4 * 2048 * 16))] * 2  # all-to-all + all-gather: 2(n−1)/n
+    assert option_collectives(Option.powersgd(4), (2048, 2048), 4) == [("allgather", 3 * 4 * 2048 * 4)] * 2
+    with pytest.raises(ValueError, match="world_size"):
+        ordered_traffic(100, 0)
 
 
 def test_element_cost_is_the_papers_size():
@@ -66,17 +87,40 @@ def test_time_cost_prediction():
     topk, fp32, psgd = Option.topk(0.01), Option("fp32"), Option.powersgd(4)
     numel = 512 * 512
     assert model.cost(topk, shape, 4) == pytest.approx(2e-4 + 3 * topk.wire_bytes(shape) * 2e-9 + numel * (3e-9 + 4e-9))
-    assert model.cost(fp32, shape, 4) == pytest.approx(1e-4 + 1.5 * 4 * numel * 1e-9)
+    # a policy's fp32 layer rides the ordered dense all-reduce: 1 MiB splits (two collectives, ring traffic)
+    assert model.cost(fp32, shape, 4) == pytest.approx(2 * 2e-4 + 1.5 * 4 * numel * 2e-9)
     assert model.cost(psgd, shape, 4) == pytest.approx(2 * 2e-4 + 3 * psgd.wire_bytes(shape) * 2e-9)
+    fp16 = Option("fp16")
+    assert model.cost(fp16, shape, 4) == pytest.approx(1e-4 + 1.5 * 2 * numel * 1e-9)  # the native ring
     gather_times = [model.cost(topk, shape, n) for n in WORLDS]
     reduce_times = [model.cost(fp32, shape, n) for n in WORLDS]
     assert gather_times == sorted(gather_times) and gather_times[-1] > 10 * gather_times[0]
     assert max(reduce_times) <= 2 * min(reduce_times)
 
 
+def test_split_ordered_reduce_is_priced_with_its_own_fit_or_its_two_collectives():
+    """A split ordered all-reduce: its own fit; else an all-to-all (else priced as an all-gather) + an all-gather."""
+    two = {"allreduce": 0.0, "allgather": 1e-3}
+    base = TimeCost(latency=dict(two), seconds_per_byte={"allreduce": 0.0, "allgather": 1e-9})
+    shape, fp32 = (256, 256), Option("fp32")
+    half = 0.75 * 4 * 256 * 256
+    assert base.cost(fp32, shape, 4) == pytest.approx(2 * (1e-3 + half * 1e-9))
+    slow = TimeCost(latency={**two, "alltoall": 5e-3}, seconds_per_byte={"allreduce": 0.0, "allgather": 1e-9,
+                                                                         "alltoall": 4e-9})
+    assert slow.cost(fp32, shape, 4) == pytest.approx(1e-3 + half * 1e-9 + 5e-3 + half * 4e-9)
+    assert slow.cost(Option.topk(0.01), shape, 4) == base.cost(Option.topk(0.01), shape, 4)  # gathers unaffected
+    assert traffic_factor("alltoall", 4) == 0.75 and traffic_factor("ordered", 4) == 1.5
+    fitted = TimeCost(latency={**two, "alltoall": 5e-3, "ordered": 0.1},
+                      seconds_per_byte={"allreduce": 0.0, "allgather": 1e-9, "alltoall": 4e-9, "ordered": 1e-8})
+    assert fitted.cost(fp32, shape, 4) == pytest.approx(0.1 + 2 * half * 1e-8)
+    assert fitted.cost(fp32, (32, 32), 4) == base.cost(fp32, (32, 32), 4)  # below the split: an all-gather
+
+
 def test_time_cost_validates():
     with pytest.raises(ValueError, match="keys"):
         TimeCost(latency={"allreduce": 0.0})
+    with pytest.raises(ValueError, match="keys"):
+        TimeCost(latency={"allreduce": 0.0, "allgather": 0.0, "broadcast": 0.0})
     with pytest.raises(ValueError, match="finite"):
         TimeCost(seconds_per_byte={"allreduce": -1.0, "allgather": 1.0})
     with pytest.raises(ValueError, match="codec"):
@@ -138,7 +182,7 @@ def _calibrate_worker(rank: int, world: int) -> dict:
 def test_calibrate_fits_one_model_on_every_rank():
     results = run_workers(_calibrate_worker, 2, timeout=120)
     assert results[0] == results[1]
-    for kind in ("allreduce", "allgather"):
+    for kind in ("allreduce", "allgather", "alltoall", "ordered"):
         assert results[0]["latency"][kind] >= 0 and results[0]["seconds_per_byte"][kind] > 0
 
 
@@ -151,7 +195,96 @@ def test_measure_codec_times():
     options = [Option.topk(0.1), Option.qsgd(4, 128), Option.powersgd(2), Option("fp16")]
     table = measure_codec_times(options, shape=(64, 64), repeats=1)
     assert set(table) == {str(o) for o in options}
-    assert all(enc > 0 and dec >= 0 for enc, dec in table.values())
-    assert table["topk:0.1"][1] > 0 and table["powersgd:2"][1] == 0.0
+    assert all(enc >= 0 and dec >= 0 and enc + dec > 0 for enc, dec in table.values())  # enc: exchange − decode ≥ 0
+    assert table["topk:0.1"][1] > 0 and table["powersgd:2"][1] == 0.0 and table["powersgd:2"][0] > 0
     with pytest.raises(ValueError, match="does not apply"):
         measure_codec_times([Option.powersgd(2)], shape=(64,))
+
+
+def test_measure_codec_times_composes_its_two_timers(monkeypatch):
+    """Casts: codec_seconds. fp32: the exchange's dense path. Others: exchange − one decode, and the decode."""
+    from commlib.adaptive import cost
+
+    calls = []
+
+    def fake_codec(compressor, shape, repeats, seed, group):
+        calls.append(("codec", type(compressor).__name__, tuple(shape), repeats, seed, group))
+        return (7.0, 2.0)
+
+    def fake_local(option, shape, repeats, seed, group):
+        calls.append(("local", str(option), tuple(shape), repeats, seed, group))
+        return 5.0
+
+    monkeypatch.setattr(cost, "codec_seconds", fake_codec)
+    monkeypatch.setattr(cost, "exchange_local_seconds", fake_local)
+    options = [Option.topk(0.1), Option("fp16"), Option("fp32"), Option.powersgd(2)]
+    table = cost.measure_codec_times(options, shape=(8, 8), repeats=2, seed=3)
+    assert table == {"topk:0.1": (3.0, 2.0), "fp16": (7.0, 2.0), "fp32": (5.0, 0.0), "powersgd:2": (3.0, 2.0)}
+    assert ("local", "fp16", (8, 8), 2, 3, None) not in calls and ("local", "fp32", (8, 8), 2, 3, None) in calls
+    monkeypatch.setattr(cost, "exchange_local_seconds", lambda *a, **k: 1.0)
+    assert cost.measure_codec_times([Option.topk(0.1)], shape=(8, 8))["topk:0.1"] == (0.0, 2.0)  # clamped at 0
+    # with a group, a 16-bit cast's decode also pays the native 16-bit sum's extra time
+    monkeypatch.setattr(cost, "half_reduce_seconds", lambda dtype, numel, group, repeats: 5.0)
+    assert cost.measure_codec_times([Option("fp16")], shape=(8, 8), group="g")["fp16"] == (7.0, 7.0)
+
+
+def test_exchange_local_seconds_times_the_real_exchange():
+    from commlib.adaptive.cost import exchange_local_seconds
+
+    for option in (Option.topk(0.1), Option("fp32"), Option.powersgd(2)):
+        assert exchange_local_seconds(option, (32, 32), tensors=2, repeats=1) > 0
+    with pytest.raises(ValueError, match="repeats"):
+        exchange_local_seconds(Option("fp32"), (8, 8), repeats=0)
+    with pytest.raises(ValueError, match="does not apply"):
+        exchange_local_seconds(Option.powersgd(2), (64,))
+
+
+def test_update_fits_the_all_to_all_from_the_all_gathers_start():
+    model = TimeCost()
+    samples = [Timing("alltoall", p, 4, 1e-3 + 0.75 * p * 4e-9) for p in (1 << 16, 1 << 20)]
+    model.update(samples, momentum=1.0)
+    assert model.fit("alltoall") == (pytest.approx(1e-3), pytest.approx(4e-9))
+    assert model.fit("allgather") == (TimeCost().latency["allgather"], TimeCost().seconds_per_byte["allgather"])
+
+
+def test_casts_time_their_conversion_not_an_exchange(monkeypatch):
+    """A cast's reduction is the calibrated all-reduce's: codec_seconds must not run its exchange."""
+    from commlib.comm import local
+    from commlib.compress import FP16, Identity
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a cast's codec time ran an exchange")
+
+    monkeypatch.setattr(local, "run_lockstep", refuse)
+    for cast in (FP16(), Identity()):
+        enc, dec = codec_seconds(cast, (64, 64), repeats=1)
+        assert enc > 0 and dec > 0
+    with pytest.raises(AssertionError, match="ran an exchange"):
+        codec_seconds(__import__("commlib.compress", fromlist=["PowerSGD"]).PowerSGD(rank=2), (64, 64), repeats=1)
+
+
+def _codec_worker(rank: int, world: int) -> dict:
+    import torch.distributed as dist
+
+    return measure_codec_times([Option.topk(0.1), Option.powersgd(2), Option("fp16")], shape=(128, 128), repeats=3,
+                               group=dist.group.WORLD)
+
+
+def _half_reduce_worker(rank: int, world: int) -> float:
+    import torch.distributed as dist
+
+    from commlib.adaptive.cost import half_reduce_seconds
+
+    return half_reduce_seconds(torch.float16, 1 << 16, dist.group.WORLD, repeats=2)
+
+
+def test_half_reduce_seconds_is_one_non_negative_number_on_every_rank():
+    results = run_workers(_half_reduce_worker, 2, timeout=120)
+    assert results[0] == results[1] and results[0] >= 0.0
+
+
+def test_codec_times_under_contention_agree_on_every_rank():
+    """With a group, all ranks time at once and max-reduce: every rank holds the same table."""
+    results = run_workers(_codec_worker, 2, timeout=120)
+    assert results[0] == results[1]
+    assert all(enc > 0 for enc, _ in results[0].values())

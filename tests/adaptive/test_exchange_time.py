@@ -11,6 +11,7 @@ from commlib.adaptive import LGreCo, Option
 from commlib.adaptive.cost import TimeCost, exchange_seconds, traffic_factor
 from commlib.comm.exchange import ExchangeConfig, GradientExchange
 from commlib.comm.local import run_lockstep
+from commlib.comm.torch_driver import SPLIT_MIN_BYTES
 from commlib.compress import Identity
 
 SHAPES = {"a": (48, 32), "b": (64, 64), "c": (32, 40), "d": (40, 40)}
@@ -56,8 +57,38 @@ def test_bytes_are_what_the_exchange_sends(world: int, choice: list[int]) -> Non
                      seconds_per_byte={"allgather": 1.0, "allreduce": 1.0})
     layers = [(SHAPES[n], PARSED[i]) for n, i in zip(SHAPES, choice)]
     predicted = exchange_seconds(model, layers, world, dense_numel=bias.numel())
-    assert predicted == pytest.approx(traffic_factor("allgather", world) * report.sent)
+    pads = sum(-o.wire_bytes(s) % 8 for s, o in layers if o.collective == "allgather")  # fuse_round's alignment
+    assert predicted == pytest.approx(traffic_factor("allgather", world) * (report.sent + pads))
 
+
+BIG = {"a": (256, 256), "b": (256, 128)}  # 256 KiB and 128 KiB of fp32
+
+
+@pytest.mark.parametrize(
+    ("choice", "messages"),
+    [
+        (["fp32", "fp32"], 2),  # 384 KiB ordered dense reduce: all-to-all + all-gather
+        (["topk:0.01", "topk:0.01"], 2),  # the dense reduce holds only the flag: 1, + the fused gather: 1
+        (["powersgd:64", "fp32"], 4),  # round 1 (P, 64 KiB, + the fp32 layer) splits: 2; round 2 (Q, 64 KiB): 2
+        (["powersgd:8", "topk:0.01"], 3),  # round 1 (P, 8 KiB) gathers: 1, + the gather: 1; Q (8 KiB): 1
+    ],
+)
+def test_large_ordered_reduces_split_into_two_collectives(choice: list[str], messages: int) -> None:
+    layers = [(BIG[n], Option.parse(o)) for n, o in zip(BIG, choice)]
+    assert exchange_seconds(_latency_only(1.0, 1000.0), layers, 4) == pytest.approx(messages)
+
+
+@pytest.mark.parametrize("world", [2, 4, 8])
+def test_large_ordered_reduces_send_a_rings_share(world: int) -> None:
+    """Above SPLIT_MIN_BYTES the dense bytes cost 2(n−1)/n of the payload, below (n−1)."""
+    bandwidth = TimeCost(latency={"allgather": 0.0, "allreduce": 0.0},
+                         seconds_per_byte={"allgather": 1.0, "allreduce": 1.0})
+    big = [((256, 256), Option("fp32"))]
+    payload = 4 * (256 * 256 + 1)
+    assert payload >= SPLIT_MIN_BYTES
+    assert exchange_seconds(bandwidth, big, world) == pytest.approx(2 * (world - 1) / world * payload)
+    small = [((32, 32), Option("fp32"))]
+    assert exchange_seconds(bandwidth, small, world) == pytest.approx((world - 1) * 4 * (32 * 32 + 1))
 
 
 def test_validates_world_size() -> None:

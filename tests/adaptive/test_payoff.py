@@ -42,9 +42,29 @@ def test_powersgd_pays_two_latencies() -> None:
     assert got.dense_s == pytest.approx(1.0) and got.compressed_s == pytest.approx(2.0) and not got.pays
 
 
-def test_small_and_one_dimensional_tensors_are_priced_dense() -> None:
-    got = compression_payoff(TopK(density=0.01), [(100,), (8, 8)], _cost(1e6), 4, min_numel=256)
-    assert got.compressed_tensors == 0 and got.compressed_s == got.dense_s and not got.pays
+def test_small_and_one_dimensional_tensors_go_through_the_ordered_dense_reduce() -> None:
+    """Left dense in a compressed configuration, a small tensor is all-gathered ((n−1)·P), not ring-reduced."""
+    got = compression_payoff(TopK(density=0.01), [(100,), (8, 8)], _cost(1e6, latency=0.0), 4, min_numel=256)
+    assert got.compressed_tensors == 0 and not got.pays
+    assert got.dense_s == pytest.approx(1.5 * 4 * 164 / 1e6)
+    assert got.compressed_s == pytest.approx(3 * 4 * 164 / 1e6)
+
+
+def test_large_ordered_all_reduces_have_ring_traffic() -> None:
+    """PowerSGD rank 16 of 2048 x 2048: P and Q are 128 KiB, so each is an all-to-all + all-gather."""
+    psgd = PowerSGD(rank=16)
+    latency_only = TimeCost(latency={"allreduce": 1.0, "allgather": 1.0},
+                            seconds_per_byte={"allreduce": 0.0, "allgather": 0.0})
+    assert compression_payoff(psgd, [(2048, 2048)], latency_only, 4).compressed_s == pytest.approx(4.0)
+    bandwidth_only = _cost(1e8, latency=0.0)
+    got = compression_payoff(psgd, [(2048, 2048)], bandwidth_only, 4)
+    assert got.compressed_s == pytest.approx(1.5 * 2 * 4 * 2048 * 16 / 1e8)
+
+
+def test_a_cast_takes_every_tensor_through_its_native_all_reduce() -> None:
+    got = compression_payoff(FP16(), [(100,), (512, 512)], _cost(1e8, latency=0.0), 4)
+    assert got.compressed_tensors == 2
+    assert got.compressed_s == pytest.approx(got.dense_s / 2)  # half the bytes, same ring
 
 
 def test_collectives() -> None:
@@ -57,6 +77,12 @@ def test_codec_seconds_measures_positive_times() -> None:
     assert enc > 0 and dec > 0
     enc, dec = codec_seconds(PowerSGD(rank=2), (256, 256), repeats=1)
     assert enc > 0 and dec == 0
+
+
+def test_codec_seconds_is_the_cost_models_routine() -> None:
+    from commlib.adaptive import cost, payoff
+
+    assert payoff.codec_seconds is cost.codec_seconds
 
 
 def test_bad_input_is_refused() -> None:

@@ -178,3 +178,28 @@ def test_casts_are_judged_at_one_rank_message_scale():
 def test_bad_configuration_raises(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LGreCo(**kwargs)
+
+
+def test_once_solves_at_the_first_period_then_holds() -> None:
+    """``once=True``: one window and one re-solve at τ = period, then no more (state and config keep it)."""
+    policy = LGreCo(period=4, window=2, options=["topk:0.1", "topk:0.5", "fp32"], default_option="topk:0.5",
+                    once=True)
+    policy.register({"w": (16, 16)})
+    gen = torch.Generator().manual_seed(0)
+    for step in range(12):
+        policy.decide(step)
+        policy.observe(step, {"w": torch.randn(16, 16, generator=gen)})
+    assert policy.stats.solves == 1 and policy.stats.last_step == 4
+    assert not any(policy.wants_gradients(s) or policy.should_solve(s) for s in range(0, 10**6, 997))
+    restored = LGreCo(period=4, window=2, options=["topk:0.1", "topk:0.5", "fp32"], default_option="topk:0.5",
+                      once=True)
+    restored.load_state_dict(policy.state_dict())
+    assert not restored.should_solve(10**9) and restored.config()["once"] is True
+    repeating = LGreCo(period=4, window=2, options=["topk:0.1", "topk:0.5", "fp32"], default_option="topk:0.5")
+    repeating.register({"w": (16, 16)})
+    for step in range(12):
+        repeating.decide(step)
+        repeating.observe(step, {"w": torch.randn(16, 16, generator=gen)})
+    assert repeating.stats.solves == 2  # at 4 and 8
+    with pytest.raises(ValueError, match="once"):
+        LGreCo(once=1)  # type: ignore[arg-type]

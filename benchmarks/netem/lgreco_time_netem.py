@@ -1,0 +1,355 @@
+"""Is L-GreCo's time model honest? Predicted vs measured exchange seconds on a shaped link (netem harness).
+
+For every world size (``--worlds``, default 2 and 4 ranks) and link rate (``--rates``, default
+100 Mbit/s and 1 Gbit/s) the driver builds the emulated network of :mod:`netem_harness` (one
+namespace per rank, veths to a bridge, ``tbf`` on both ends of every link) and starts the ranks in
+it (``--worker`` mode of this file, gloo, one intra-op thread each). Without root it says so and
+runs once per world size, unshaped, on loopback. Each rank:
+
+1. builds the gradients of an MLP (``1024 → 3 × 1024 → 10`` — 3.16 M parameters, one 12.6 MB
+   bucket; ``--quick``: 512 wide) on its own Gaussian batch;
+2. calibrates a :class:`~commlib.adaptive.TimeCost` on the shaped group
+   (:func:`~commlib.adaptive.calibrate`: native all-reduce, all-gather, all-to-all and the split
+   ordered all-reduce of 256 KiB … 8 MiB — below, ``tbf``'s 64 KiB burst flatters the link —,
+   medians, max over ranks, least squares ``α + β·bytes``);
+3. times every option's local work twice (:func:`~commlib.adaptive.measure_codec_times`,
+   ``width × width`` Gaussian tensors): **under contention** — every rank timing at once, as they
+   encode at once in training, max over ranks — and **alone** — rank 0 only, the others idle at a
+   barrier (the older way);
+4. L-GreCo (``once=True``: one solve, then hold) observes rank 0's gradients, solves with the
+   contention-timed ``TimeCost`` over a mixed grid and broadcasts its decision;
+5. measures one bucket exchange (``GradientExchange`` + torch driver, barrier before each) of every
+   configuration — L-GreCo's choice, uniform top-k / QSGD / PowerSGD / fp16, all-fp32 through the
+   policy's ordered dense all-reduce, and the plain ``Identity`` native all-reduce — interleaved, in
+   an order shuffled per repeat (the same on every rank), one untimed warm-up round; each repeat's
+   time is the slowest rank's, the figure their median. Two more items join each round's shuffled
+   order: a one-repeat :func:`~commlib.adaptive.calibrate` and a one-repeat contention codec table,
+   so the model is re-measured on the same stretch of a noisy machine as the exchanges;
+6. predicts each with :func:`~commlib.adaptive.cost.exchange_seconds` (fused collectives, the torch
+   driver's split of large ordered all-reduces, codec times, the dense path's own work) under three
+   models: **in-run** (medians of the per-round calibrations and codec tables), **up-front** (what
+   L-GreCo decided with) and **codec timed alone** (up-front link fit, rank 0's solo codec table).
+   The ``Identity`` hook is one native all-reduce of every tensor plus its cast (priced as fp16's
+   conversion, an upper bound of its in-place division).
+
+The exchange is the communication part of a DDP step (the whole model is one bucket). Writes
+``benchmarks/results/lgreco_time_netem{_quick}.json`` and ``.md``. Run as root::
+
+    .venv/bin/python benchmarks/netem/lgreco_time_netem.py [--quick] [--rates 100,1000] [--worlds 2,4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+OPTIONS = ["topk:0.0025", "topk:0.01", "topk:0.04", "qsgd:4x128", "qsgd:8x128", "powersgd:4", "powersgd:16",
+           "fp16", "fp32"]
+DEFAULT = "topk:0.01"
+UNIFORM = ["topk:0.01", "qsgd:4x128", "powersgd:4", "fp16", "fp32"]
+NATIVE = "Identity (native all-reduce)"
+
+
+def _shapes(width: int) -> dict[str, tuple[int, ...]]:
+    """The MLP's parameters, by name: ``width → 3 × width → 10``, weights then biases."""
+    dims = [width, width, width, width, 10]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i, (fan_in, fan_out) in enumerate(zip(dims[:-1], dims[1:])):
+        shapes[f"l{i}.weight"] = (fan_out, fan_in)
+        shapes[f"l{i}.bias"] = (fan_out,)
+    return shapes
+
+
+def _gradients(width: int, rank: int) -> list[tuple[str, Any]]:
+    """Gradients of the MLP (weights from seed 0, shared) on rank ``rank``'s Gaussian 10-class batch."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    layers = [nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width),
+              nn.ReLU(), nn.Linear(width, 10)]
+    model = nn.Sequential(*layers)
+    gen = torch.Generator().manual_seed(1 + rank)
+    centers = torch.randn(10, width, generator=torch.Generator().manual_seed(7))
+    labels = torch.randint(0, 10, (64,), generator=gen)
+    x = (centers[labels] + 3 * torch.randn(64, width, generator=gen)) / 10**0.5
+    nn.functional.cross_entropy(model(x), labels).backward()
+    linear = [m for m in model if isinstance(m, nn.Linear)]
+    named = [(f"l{i}.weight", m.weight.grad.clone()) for i, m in enumerate(linear)]
+    return named + [(f"l{i}.bias", m.bias.grad.clone()) for i, m in enumerate(linear)]
+
+
+def _slowest(times: list[float]) -> list[float]:
+    """Per repeat, the slowest rank's seconds."""
+    import torch
+    import torch.distributed as dist
+
+    worst = torch.tensor(times, dtype=torch.float64)
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    return worst.tolist()
+
+
+def _solo_codec(options: list, shape: tuple[int, int], repeats: int) -> dict[str, tuple[float, float]]:
+    """Codec times measured by rank 0 alone (the others wait at a barrier), broadcast to every rank."""
+    import torch.distributed as dist
+
+    from commlib.adaptive import measure_codec_times
+
+    box = [measure_codec_times(options, shape=shape, repeats=repeats) if dist.get_rank() == 0 else None]
+    dist.barrier()
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _in_run_model(models: list, codecs: list[dict[str, tuple[float, float]]]):
+    """One TimeCost from the per-round calibrations and codec tables: the median of every parameter."""
+    from commlib.adaptive import TimeCost
+
+    def med(values):
+        return statistics.median(values)
+
+    kinds = models[0].latency
+    return TimeCost(latency={k: med([m.latency[k] for m in models]) for k in kinds},
+                    seconds_per_byte={k: med([m.seconds_per_byte[k] for m in models]) for k in kinds},
+                    codec={o: (med([c[o][0] for c in codecs]), med([c[o][1] for c in codecs])) for o in codecs[0]})
+
+
+def _predict(model, choice: list[str] | None, weights: dict, bias_numel: int, world: int) -> float:
+    """exchange_seconds of a per-layer choice; ``None``: the Identity hook's one native all-reduce of everything."""
+    from commlib.adaptive import Option
+    from commlib.adaptive.cost import collective_seconds, exchange_seconds
+
+    if choice is None:
+        total = sum(math.prod(s) for s in weights.values()) + bias_numel
+        return collective_seconds(model, "allreduce", 4 * total, world) + model.codec_cost(Option("fp16"), total, world)
+    layers = [(weights[n], Option.parse(o)) for n, o in zip(weights, choice)]
+    return exchange_seconds(model, layers, world, dense_numel=bias_numel)
+
+
+def worker(cfg: dict[str, Any], out: Path) -> None:
+    """One rank: steps 1–6 of the module docstring; rank 0 writes the result to ``out``."""
+    import torch
+    import torch.distributed as dist
+
+    from commlib.adaptive import LGreCo, Option, TimeCost, calibrate, measure_codec_times
+    from commlib.comm import torch_driver
+    from commlib.comm.exchange import ExchangeConfig, GradientExchange
+    from commlib.compress import Identity
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=timedelta(seconds=cfg["collective_timeout"]))
+    rank, world = dist.get_rank(), dist.get_world_size()
+    try:
+        width = cfg["width"]
+        shapes = _shapes(width)
+        named = _gradients(width, rank)
+        weights = {n: s for n, s in shapes.items() if len(s) == 2}
+        bias_numel = sum(s[0] for n, s in shapes.items() if len(s) == 1)
+        options = [Option.parse(o) for o in OPTIONS]
+        sizes = (1 << 18, 1 << 20, 1 << 22, 1 << 23)  # >= 256 KiB: below, tbf's 64 KiB burst flatters the link
+        timing_shape = (width, width)
+        t0 = time.perf_counter()
+        upfront = calibrate(sizes=sizes, repeats=cfg["calib_repeats"])
+        upfront.codec = measure_codec_times(options, shape=timing_shape, repeats=3, group=dist.group.WORLD)
+        alone = TimeCost(latency=dict(upfront.latency), seconds_per_byte=dict(upfront.seconds_per_byte),
+                         codec=_solo_codec(options, timing_shape, repeats=3))
+        setup_s = time.perf_counter() - t0
+
+        policy = LGreCo(period=1, window=1, options=OPTIONS, default_option=DEFAULT, cost_model=upfront,
+                        world_size=world, once=True)
+        policy.register(weights)
+        if rank == 0:
+            policy.observe(0, {n: t for n, t in named if n in weights})
+        decision = policy.decide(1)
+        dist.broadcast(decision, src=0)
+        policy.load_decision(decision)
+        configs: dict[str, list[str] | None] = {"L-GreCo (TimeCost)": [str(o) for o in policy.choices().values()]}
+        configs.update({f"uniform {o}": [o] * len(weights) for o in UNIFORM})
+        configs[NATIVE] = None
+
+        exchanges = {}
+        for label, choice in configs.items():
+            if choice is None:
+                exchanges[label] = GradientExchange(Identity(), rank, world, ExchangeConfig(start_step=0))
+                continue
+            held = copy.deepcopy(policy)  # solved once and held: no windows, no re-solves
+            exchange = GradientExchange(Identity(), rank, world, ExchangeConfig(start_step=0), policy=held)
+            exchange.register({n: torch.Size(s) for n, s in shapes.items()})
+            held.load_decision(torch.tensor([OPTIONS.index(o) for o in choice]))
+            exchanges[label] = exchange
+        times: dict[str, list[float]] = {label: [] for label in configs}
+        models, codecs = [], []
+        order = [*configs, "calibrate", "codec"]
+        shuffle = random.Random(cfg["seed"])
+        for rep in range(cfg["repeats"] + 1):
+            shuffle.shuffle(order)
+            for item in order:
+                if item == "calibrate":
+                    models.append(calibrate(sizes=sizes, repeats=1))
+                elif item == "codec":
+                    codecs.append(measure_codec_times(options, shape=timing_shape, repeats=1, group=dist.group.WORLD))
+                else:
+                    dist.barrier()
+                    start = time.perf_counter()
+                    torch_driver.run(exchanges[item].protocol(named, step=rep))
+                    times[item].append(time.perf_counter() - start)
+        in_run = _in_run_model(models[1:], codecs[1:])
+        rows = []
+        for label, choice in configs.items():
+            measured = statistics.median(_slowest(times[label][1:]))
+            predicted = {name: _predict(m, choice, weights, bias_numel, world)
+                         for name, m in (("in_run", in_run), ("upfront", upfront), ("alone", alone))}
+            rows.append({"config": label, "choice": choice, "measured_s": measured,
+                         "runs_s": _slowest(times[label][1:]), **{f"predicted_{k}_s": v for k, v in predicted.items()},
+                         **{f"ratio_{k}": v / measured for k, v in predicted.items()}})
+        if rank == 0:
+            out.write_text(json.dumps({
+                "world": world, "setup_s": setup_s, "models": {"in_run": in_run.state_dict(),
+                                                               "upfront": upfront.state_dict(),
+                                                               "codec_alone": alone.codec},
+                "lgreco": {"choices": configs["L-GreCo (TimeCost)"], "predicted_cost_s": policy.stats.predicted_cost,
+                           "default_cost_s": policy.stats.default_cost},
+                "rows": rows}))
+    except BaseException as exc:
+        if rank == 0:
+            out.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(cfg: dict[str, Any], world: int, net, timeout: float) -> dict[str, Any]:
+    """Start ``world`` ranks (in ``net``'s namespaces, or on loopback); kill them after ``timeout``; rank 0's result."""
+    tmp = Path(tempfile.mkdtemp(prefix="lgreco-netem-"))
+    (tmp / "cfg.json").write_text(json.dumps(cfg))
+    port = 29500 + os.getpid() % 1000 if net is not None else _free_port()
+    procs = []
+    for rank in range(world):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_PORT": str(port),
+               "MASTER_ADDR": net.address(0) if net else "127.0.0.1", "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        if net is not None:
+            env["GLOO_SOCKET_IFNAME"] = net.worker_links[rank]
+        argv = [sys.executable, str(Path(__file__).resolve()), "--worker", str(tmp / "cfg.json"), str(tmp / "out.json")]
+        procs.append(subprocess.Popen([*(net.exec_prefix(rank) if net else []), *argv], env=env,
+                                      start_new_session=True))
+    deadline = time.monotonic() + timeout
+    errors = []
+    try:
+        for rank, proc in enumerate(procs):
+            try:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                errors.append(f"rank {rank} still running after {timeout:.0f}s: killed")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    out = tmp / "out.json"
+    result = json.loads(out.read_text()) if out.exists() else {"error": "rank 0 wrote no result"}
+    if errors:
+        result.setdefault("error", "; ".join(errors))
+    return result
+
+
+def _table(runs: list[dict[str, Any]]) -> list[str]:
+    lines = ["| link | ranks | configuration | per-layer options | measured s | predicted s (in-run model) | "
+             "predicted / measured | up-front model / measured | codec timed alone / measured |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        if "error" in run:
+            lines.append(f"| {run['link']} | {run['world']} | error: {run['error']} | | | | | | |")
+            continue
+        for row in run["rows"]:
+            choice = "native" if row["choice"] is None else ", ".join(row["choice"])
+            lines.append(f"| {run['link']} | {run['world']} | {row['config']} | {choice} | {row['measured_s']:.4f} | "
+                         f"{row['predicted_in_run_s']:.4f} | {row['ratio_in_run']:.2f} | {row['ratio_upfront']:.2f} | "
+                         f"{row['ratio_alone']:.2f} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rates", default="100,1000", help="link rates in Mbit/s, comma-separated")
+    parser.add_argument("--worlds", default="2,4", help="world sizes, comma-separated")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--timeout", type=float, default=400.0, help="seconds per (world, rate) run")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--append", action="store_true",
+                        help="keep the runs of other (ranks, link) pairs already in the results file")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 ranks, 1 Gbit/s, width 512, 3 repeats")
+    parser.add_argument("--worker", nargs=2, metavar=("CFG", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(json.loads(Path(args.worker[0]).read_text()), Path(args.worker[1]))
+        return
+    from netem_harness import LinkShape, can_emulate, emulated_network
+
+    if args.quick:
+        args.rates, args.worlds, args.width, args.repeats = "1000", "2", 512, 3
+    rates = [float(r) for r in args.rates.split(",")]
+    worlds = [int(w) for w in args.worlds.split(",")]
+    cfg = {"width": args.width, "repeats": args.repeats, "seed": args.seed, "calib_repeats": 3 if args.quick else 5,
+           "collective_timeout": args.timeout}
+    ok, why = can_emulate()
+    if not ok:
+        print(f"cannot shape links ({why}): running once per world size, unshaped, on loopback")
+    runs = []
+    load = [os.getloadavg()[0]]
+    for world in worlds:
+        for rate in rates if ok else [None]:
+            shape = LinkShape(rate)
+            started = time.time()
+            if ok:
+                with emulated_network(world, shape) as net:
+                    result = launch(cfg, world, net, args.timeout)
+            else:
+                result = launch(cfg, world, None, args.timeout)
+            link = shape.label if ok else "loopback (not shaped: " + why + ")"
+            runs.append({"link": link, "rate_mbit": rate, "world": world, "wall_s": time.time() - started, **result})
+            print("\n".join(_table(runs[-1:])), flush=True)
+    load.append(os.getloadavg()[0])
+    name = "lgreco_time_netem_quick" if args.quick else "lgreco_time_netem"
+    RESULTS.mkdir(exist_ok=True)
+    for run in runs:
+        run["load"] = load
+    if args.append and (RESULTS / f"{name}.json").exists():
+        done = {(r["world"], r["link"]) for r in runs}
+        earlier = json.loads((RESULTS / f"{name}.json").read_text())["runs"]
+        runs = sorted([r for r in earlier if (r["world"], r["link"]) not in done] + runs,
+                      key=lambda r: (r["world"], -(r["rate_mbit"] or 0)))
+    (RESULTS / f"{name}.json").write_text(json.dumps({"args": vars(args), "load": load, "runs": runs}, indent=1))
+    header = [f"Exchange of one {args.width}-wide MLP bucket; median over {args.repeats} interleaved repeats of the "
+              "slowest rank; 1-minute load average at the start and end of each run: "
+              + ", ".join(f"{r['world']} ranks {r['link']}: {r['load'][0]:.1f}/{r['load'][1]:.1f}" for r in runs), ""]
+    (RESULTS / f"{name}.md").write_text("\n".join(header + _table(runs)) + "\n")
+    print("\n".join(header + _table(runs)))
+
+
+if __name__ == "__main__":
+    main()
