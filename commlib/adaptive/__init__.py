@@ -14,8 +14,9 @@ decision tensor and builds the chosen compressors.
 from __future__ import annotations
 
 from .accordion import Accordion, AccordionStats
-from .cost import ByteCost, CostModel, ElementCost, TimeCost, Timing, calibrate, cost_table, measure_codec_times
+from .cost import ByteCost, CostModel, ElementCost, TimeCost, Timing, cost_table
 from .dp import Solution, solve
+from .measure import calibrate, measure_codec_times
 from .options import Option, default_grid, option_grid, rank_range
 from .policy import LGreCo, LGreCoStats
 from .tables import ErrorAccumulator, error_table

@@ -36,7 +36,8 @@ import torch
 
 from ..compress import GatherCompressor, PowerSGD
 from ..compress.base import Compressor
-from .cost import TimeCost, codec_seconds, collective_seconds, powersgd_payloads
+from .cost import TimeCost, collective_seconds, powersgd_payloads
+from .measure import codec_seconds
 from .options import CollectiveKind
 
 __all__ = ["Payoff", "codec_seconds", "collective_of", "compression_payoff"]

@@ -80,9 +80,9 @@ def test_codec_seconds_measures_positive_times() -> None:
 
 
 def test_codec_seconds_is_the_cost_models_routine() -> None:
-    from commlib.adaptive import cost, payoff
+    from commlib.adaptive import measure, payoff
 
-    assert payoff.codec_seconds is cost.codec_seconds
+    assert payoff.codec_seconds is measure.codec_seconds
 
 
 def test_bad_input_is_refused() -> None:

@@ -1,0 +1,295 @@
+"""Measurements on the real process group for the time cost model (:mod:`commlib.adaptive.cost`).
+
+* :func:`calibrate` times each collective the torch driver issues (native
+  all-reduce, all-gather, all-to-all, split ordered all-reduce) at a few
+  payload sizes and fits ``α + β·bytes sent`` per collective into a
+  :class:`~commlib.adaptive.cost.TimeCost`.
+* :func:`codec_seconds`, :func:`exchange_local_seconds` and
+  :func:`half_reduce_seconds` time an option's local work — encode and decode,
+  or the real exchange on a world of one — with every rank of the group timing
+  at the same moments (so the figures carry the CPU contention of training)
+  and every rank keeping the slowest rank's median; :func:`measure_codec_times`
+  composes them into the table a ``TimeCost`` prices codec time from.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..comm.torch_driver import SPLIT_MIN_BYTES
+from ..compress import GatherCompressor, TensorContext
+from ..compress.base import Compressor
+from .cost import _ALL_KINDS, TimeCost, WireKind, fit_linear, traffic_factor
+from .options import Option
+
+__all__ = ["calibrate", "codec_seconds", "exchange_local_seconds", "half_reduce_seconds", "measure_codec_times"]
+
+def _one_collective(request):
+    """A protocol of one request (what the torch driver runs), returning its result."""
+    return (yield request)
+
+
+def _time_collective(kind: WireKind, payload_bytes: int, group, repeats: int, device: torch.device,
+                     dtype: torch.dtype = torch.float32) -> float:
+    """Median seconds of ``repeats`` runs of one collective on ``group`` (after one untimed warm-up).
+
+    Issued as commlib's torch driver issues an exchange's collectives (asynchronously, finished in
+    a completion callback), so the driver's per-collective overhead is part of the measured time.
+    """
+    import torch.distributed as dist
+
+    from ..comm import torch_driver
+    from ..comm.collectives import AllGather, AllReduce, AllToAll
+
+    world = dist.get_world_size(group)
+    numel = max(1, payload_bytes // dtype.itemsize)
+    runs = []
+    for i in range(repeats + 1):
+        src = torch.ones(numel, device=device, dtype=dtype)  # a native all-reduce reduces in place: fresh each run
+        if kind == "allreduce":
+            request = AllReduce(src, ordered=False)
+        elif kind == "allgather":
+            request = AllGather(src)
+        elif kind == "alltoall":  # rank r sends row j (payload/n bytes) to rank j
+            request = AllToAll(torch.ones(world, -(-numel // world), device=device, dtype=dtype))
+        else:  # "ordered": the driver splits it (sizes >= SPLIT_MIN_BYTES) into all-to-all, sum, all-gather
+            request = AllReduce(src, ordered=True)
+        dist.barrier(group=group)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        torch_driver.run(_one_collective(request), group)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:
+            runs.append(time.perf_counter() - start)
+    return float(np.median(runs))
+
+
+def calibrate(
+    group=None,
+    sizes: Sequence[int] = (1 << 12, 1 << 16, 1 << 20, 1 << 22),
+    repeats: int = 5,
+    codec: Mapping[str, tuple[float, float]] | None = None,
+) -> TimeCost:
+    """Fit a :class:`TimeCost` by timing the collectives of ``sizes`` bytes on ``group`` (all four kinds).
+
+    The kinds: native all-reduce, all-gather, all-to-all, and the ordered all-reduce as the
+    torch driver splits it (timed only at sizes of at least ``SPLIT_MIN_BYTES``; below, it is an
+    all-gather; with fewer than two such sizes it is not fitted and falls back, see
+    :meth:`TimeCost.fit`).
+
+    Steps: for each collective and payload size, the median of ``repeats``
+    timed runs (fp32 payloads, on the current CUDA device for NCCL groups, a
+    barrier before each, issued through commlib's torch driver); the timings are
+    max-reduced over ranks so every rank fits the same model; then per
+    collective :func:`fit_linear` of seconds against the bytes one rank sends
+    (``traffic_factor · payload``). Needs an initialized process group of at
+    least two ranks (all ranks must call it). ``codec``: optional
+    :func:`measure_codec_times` table.
+    """
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        raise ValueError("calibrate needs an initialized torch.distributed process group")
+    world = dist.get_world_size(group)
+    if world < 2:
+        raise ValueError("calibrate needs a process group of at least 2 ranks (one rank sends nothing)")
+    if len(set(sizes)) < 2 or min(sizes) < 4:
+        raise ValueError(f"calibrate needs at least two distinct sizes of >= 4 bytes, got {list(sizes)}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats!r}")
+    nccl = dist.get_backend(group) == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+    timed = [(kind, size) for kind in _ALL_KINDS for size in sorted(set(sizes))
+             if kind != "ordered" or size >= SPLIT_MIN_BYTES]
+    times = torch.tensor([_time_collective(kind, size, group, repeats, device) for kind, size in timed],
+                         dtype=torch.float64, device=device)
+    dist.all_reduce(times, op=dist.ReduceOp.MAX, group=group)
+    model = TimeCost(codec=dict(codec or {}))
+    for kind in _ALL_KINDS:
+        points = [(traffic_factor(kind, world) * 4 * max(1, size // 4), float(t))
+                  for (k, size), t in zip(timed, times.cpu().tolist()) if k == kind]
+        if len(points) >= 2:
+            model.latency[kind], model.seconds_per_byte[kind] = fit_linear(*zip(*points))
+    return model
+
+
+def _cast_codec(compressor: Compressor, x: torch.Tensor) -> tuple[float, float]:
+    """A cast's own work: ``(x / n).to(wire dtype)`` then the sum back to fp32; the sum itself is the collective's."""
+    start = time.perf_counter()
+    payload = (x / 2).to(compressor.wire_dtype)
+    mid = time.perf_counter()
+    payload.to(torch.float32)
+    return mid - start, time.perf_counter() - mid
+
+
+def _codec_once(compressor: Compressor, x: torch.Tensor, ctx: TensorContext) -> tuple[float, float]:
+    """Seconds of one encode and one decode of ``x`` (see :func:`codec_seconds`)."""
+    from ..comm.local import run_lockstep
+
+    if compressor.is_cast:
+        return _cast_codec(compressor, x)
+    if isinstance(compressor, GatherCompressor):
+        start = time.perf_counter()
+        payload = compressor.encode(x, ctx)
+        out = torch.zeros(x.numel())  # decode_all allocates its output once per tensor: per-tensor work
+        mid = time.perf_counter()
+        compressor.decode_add(payload, out, ctx)
+        return mid - start, time.perf_counter() - mid
+    start = time.perf_counter()
+    run_lockstep([compressor.exchange(x, ctx)])
+    return time.perf_counter() - start, 0.0
+
+
+def codec_seconds(
+    compressor: Compressor, shape: Sequence[int] = (1024, 1024), repeats: int = 3, seed: int = 0, group=None
+) -> tuple[float, float]:
+    """``(encode, decode)`` seconds per element: the median of ``repeats`` on one Gaussian tensor of ``shape``.
+
+    One untimed run first (the first touch of fresh allocations is slow).
+
+    What is timed (no communication):
+
+    * gather compressors (top-k, QSGD): ``encode`` plus the one allocation of
+      the decoded output (per tensor), and one ``decode_add`` (an all-gather
+      decodes ``n`` payloads: :meth:`TimeCost.codec_cost` multiplies);
+    * casts (fp32, fp16, bf16): the cast to the wire dtype and back — the
+      reduction belongs to the calibrated all-reduce, so it is not timed here;
+    * the others (PowerSGD, sketches): their whole exchange on one in-process
+      worker, counted as encoding (a world of one reduces nothing).
+
+    With ``group`` (an initialized ``torch.distributed`` group; all its ranks
+    must call), every rank times at the same moments — a barrier before each
+    repeat — so the codec runs under the CPU contention of training, where
+    all ranks encode at once (ranks sharing cores each run slower), and the
+    result is the maximum over ranks of each rank's medians (every rank gets
+    the same numbers).
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats!r}")
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    if not compressor.is_cast and not compressor.compressible(x.shape):
+        raise ValueError(f"{type(compressor).__name__} cannot compress the timing shape {tuple(shape)}")
+    ctx = TensorContext(key="codec", step=0, seed=seed, rank=0, world_size=1)
+    _codec_once(compressor, x, ctx)  # untimed warm-up (first-touch allocations)
+    runs = []
+    for _ in range(repeats):
+        if group is not None:
+            import torch.distributed as dist
+
+            dist.barrier(group=group)
+        runs.append(_codec_once(compressor, x, ctx))
+    return _median_max([r[0] for r in runs], x.numel(), group), _median_max([r[1] for r in runs], x.numel(), group)
+
+
+def _median_max(runs: Sequence[float], numel: int, group) -> float:
+    """Median of ``runs`` per element; with ``group``, the maximum over its ranks."""
+    value = float(np.median(runs)) / numel
+    if group is not None:
+        import torch.distributed as dist
+
+        worst = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(worst, op=dist.ReduceOp.MAX, group=group)
+        value = float(worst)
+    return value
+
+
+def exchange_local_seconds(
+    option: Option, shape: Sequence[int] = (1024, 1024), tensors: int = 3, repeats: int = 3, seed: int = 0, group=None
+) -> float:
+    """Seconds per element ``GradientExchange`` spends on its own work for tensors of ``shape`` under ``option``.
+
+    Steps: build a bucket of ``tensors`` Gaussian tensors of ``shape`` (several,
+    so the working set and the fusion of their protocols are as in a real
+    bucket); run it through the real exchange on a world of one
+    (:func:`~commlib.comm.local.run_lockstep`: no communication) — with
+    ``option``'s compressor, every tensor compressed, or for ``fp32`` through
+    the ordered dense all-reduce path a policy uses for its ``fp32`` layers
+    (non-finite check, concatenation, ordered sum, division, split); time the
+    median of ``repeats`` exchanges after one untimed (first-touch
+    allocations). This is the exchange's code, so it counts what isolated
+    codec timings miss (allocations, cache misses of a bucket, protocol
+    bookkeeping). ``group``: every rank times at once, max over ranks (see
+    :func:`codec_seconds`).
+    """
+    from ..comm.exchange import ExchangeConfig, GradientExchange
+    from ..comm.local import run_lockstep
+    from ..compress import TopK
+
+    if repeats < 1 or tensors < 1:
+        raise ValueError(f"repeats and tensors must be >= 1, got {repeats!r} and {tensors!r}")
+    if not option.applicable(shape):
+        raise ValueError(f"option {option} does not apply to the timing shape {tuple(shape)}")
+    dense = option.family == "fp32"
+    config = ExchangeConfig(seed=seed, start_step=repeats + 2 if dense else 0, min_compression_rate=0.0)
+    exchange = GradientExchange(TopK(density=0.5) if dense else option.build(), 0, 1, config)  # fp32: dense warm-up
+    gen = torch.Generator().manual_seed(seed)
+    named = [(f"t{i}", torch.randn(*shape, generator=gen)) for i in range(tensors)]
+    runs = []
+    for step in range(repeats + 1):
+        if group is not None:
+            import torch.distributed as dist
+
+            dist.barrier(group=group)
+        start = time.perf_counter()
+        run_lockstep([exchange.protocol(named, step=step)])
+        if step:
+            runs.append(time.perf_counter() - start)
+    return _median_max(runs, tensors * math.prod(shape), group)
+
+
+def half_reduce_seconds(dtype: torch.dtype, numel: int, group, repeats: int = 3) -> float:
+    """Seconds per element a native all-reduce of ``numel`` 16-bit elements takes beyond an fp32 one of equal bytes.
+
+    :func:`calibrate` fits the all-reduce on fp32 payloads; a 16-bit one moves
+    the same bytes per byte but sums in ``dtype`` (on gloo's CPU, slowly). The
+    difference of the two medians (``numel`` in ``dtype`` against ``numel/2``
+    in fp32, both through the torch driver on ``group``), max over ranks, at
+    least 0.
+    """
+    import torch.distributed as dist
+
+    nccl = dist.get_backend(group) == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+    half = _time_collective("allreduce", 2 * numel, group, repeats, device, dtype)
+    full = _time_collective("allreduce", 2 * numel, group, repeats, device)
+    return max(_median_max([half - full], numel, group), 0.0)
+
+
+def measure_codec_times(
+    options: Sequence[Option], shape: Sequence[int] = (1024, 1024), repeats: int = 3, seed: int = 0, group=None
+) -> dict[str, tuple[float, float]]:
+    """``{str(option): (encode, decode)}`` seconds per element of each option's local work in a policy's exchange.
+
+    * fp16, bf16: :func:`codec_seconds` (the cast and back); with ``group``, the decode also
+      gets what the native all-reduce's 16-bit sum costs beyond an fp32 one of the same bytes
+      (:func:`half_reduce_seconds`: gloo sums 16-bit floats on the CPU far more slowly);
+    * fp32 (a policy sends its fp32 layers through the ordered dense all-reduce):
+      :func:`exchange_local_seconds` of that path, as encoding;
+    * the others: ``decode`` from :func:`codec_seconds` (one payload's ``decode_add``; an
+      all-gather decodes ``n``), ``encode`` = :func:`exchange_local_seconds` − ``decode`` (a world
+      of one decodes once), at least 0.
+
+    ``group``: every rank times at once and max-reduces (see :func:`codec_seconds`), so the
+    times carry the CPU contention of training and every rank gets the same table.
+    """
+    table: dict[str, tuple[float, float]] = {}
+    for opt in options:
+        if not opt.applicable(shape):
+            raise ValueError(f"option {opt} does not apply to the timing shape {tuple(shape)}")
+        if opt.family in ("fp16", "bf16"):
+            encode, decode = codec_seconds(opt.build(), shape, repeats, seed, group)
+            if group is not None:
+                decode += half_reduce_seconds(opt.build().wire_dtype, math.prod(shape), group, repeats)
+            table[str(opt)] = (encode, decode)
+            continue
+        local = exchange_local_seconds(opt, shape, repeats=repeats, seed=seed, group=group)
+        decode = 0.0 if opt.family == "fp32" else codec_seconds(opt.build(), shape, repeats, seed, group)[1]
+        table[str(opt)] = (max(local - decode, 0.0), decode)
+    return table

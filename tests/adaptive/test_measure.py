@@ -1,0 +1,122 @@
+"""Measurements on the real process group: collective calibration and codec timing (adaptive/measure.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from dist_utils import run_workers
+
+from commlib.adaptive.measure import (
+    calibrate,
+    codec_seconds,
+    exchange_local_seconds,
+    measure_codec_times,
+)
+from commlib.adaptive.options import Option
+
+
+def _calibrate_worker(rank: int, world: int) -> dict:
+    model = calibrate(sizes=(1 << 10, 1 << 16, 1 << 22), repeats=3)
+    return model.state_dict()
+
+
+def test_calibrate_fits_one_model_on_every_rank():
+    results = run_workers(_calibrate_worker, 2, timeout=120)
+    assert results[0] == results[1]
+    for kind in ("allreduce", "allgather", "alltoall", "ordered"):
+        assert results[0]["latency"][kind] >= 0 and results[0]["seconds_per_byte"][kind] > 0
+
+
+def test_calibrate_needs_a_process_group():
+    with pytest.raises(ValueError, match="process group"):
+        calibrate()
+
+
+def test_measure_codec_times():
+    options = [Option.topk(0.1), Option.qsgd(4, 128), Option.powersgd(2), Option("fp16")]
+    table = measure_codec_times(options, shape=(64, 64), repeats=1)
+    assert set(table) == {str(o) for o in options}
+    assert all(enc >= 0 and dec >= 0 and enc + dec > 0 for enc, dec in table.values())  # enc: exchange − decode ≥ 0
+    assert table["topk:0.1"][1] > 0 and table["powersgd:2"][1] == 0.0 and table["powersgd:2"][0] > 0
+    with pytest.raises(ValueError, match="does not apply"):
+        measure_codec_times([Option.powersgd(2)], shape=(64,))
+
+
+def test_measure_codec_times_composes_its_two_timers(monkeypatch):
+    """Casts: codec_seconds. fp32: the exchange's dense path. Others: exchange − one decode, and the decode."""
+    from commlib.adaptive import measure
+
+    calls = []
+
+    def fake_codec(compressor, shape, repeats, seed, group):
+        calls.append(("codec", type(compressor).__name__, tuple(shape), repeats, seed, group))
+        return (7.0, 2.0)
+
+    def fake_local(option, shape, repeats, seed, group):
+        calls.append(("local", str(option), tuple(shape), repeats, seed, group))
+        return 5.0
+
+    monkeypatch.setattr(measure, "codec_seconds", fake_codec)
+    monkeypatch.setattr(measure, "exchange_local_seconds", fake_local)
+    options = [Option.topk(0.1), Option("fp16"), Option("fp32"), Option.powersgd(2)]
+    table = measure.measure_codec_times(options, shape=(8, 8), repeats=2, seed=3)
+    assert table == {"topk:0.1": (3.0, 2.0), "fp16": (7.0, 2.0), "fp32": (5.0, 0.0), "powersgd:2": (3.0, 2.0)}
+    assert ("local", "fp16", (8, 8), 2, 3, None) not in calls and ("local", "fp32", (8, 8), 2, 3, None) in calls
+    monkeypatch.setattr(measure, "exchange_local_seconds", lambda *a, **k: 1.0)
+    assert measure.measure_codec_times([Option.topk(0.1)], shape=(8, 8))["topk:0.1"] == (0.0, 2.0)  # clamped at 0
+    # with a group, a 16-bit cast's decode also pays the native 16-bit sum's extra time
+    monkeypatch.setattr(measure, "half_reduce_seconds", lambda dtype, numel, group, repeats: 5.0)
+    assert measure.measure_codec_times([Option("fp16")], shape=(8, 8), group="g")["fp16"] == (7.0, 7.0)
+
+
+def test_exchange_local_seconds_times_the_real_exchange():
+
+    for option in (Option.topk(0.1), Option("fp32"), Option.powersgd(2)):
+        assert exchange_local_seconds(option, (32, 32), tensors=2, repeats=1) > 0
+    with pytest.raises(ValueError, match="repeats"):
+        exchange_local_seconds(Option("fp32"), (8, 8), repeats=0)
+    with pytest.raises(ValueError, match="does not apply"):
+        exchange_local_seconds(Option.powersgd(2), (64,))
+
+
+def test_casts_time_their_conversion_not_an_exchange(monkeypatch):
+    """A cast's reduction is the calibrated all-reduce's: codec_seconds must not run its exchange."""
+    from commlib.comm import local
+    from commlib.compress import FP16, Identity
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a cast's codec time ran an exchange")
+
+    monkeypatch.setattr(local, "run_lockstep", refuse)
+    for cast in (FP16(), Identity()):
+        enc, dec = codec_seconds(cast, (64, 64), repeats=1)
+        assert enc > 0 and dec > 0
+    with pytest.raises(AssertionError, match="ran an exchange"):
+        codec_seconds(__import__("commlib.compress", fromlist=["PowerSGD"]).PowerSGD(rank=2), (64, 64), repeats=1)
+
+
+def _codec_worker(rank: int, world: int) -> dict:
+    import torch.distributed as dist
+
+    return measure_codec_times([Option.topk(0.1), Option.powersgd(2), Option("fp16")], shape=(128, 128), repeats=3,
+                               group=dist.group.WORLD)
+
+
+def _half_reduce_worker(rank: int, world: int) -> float:
+    import torch.distributed as dist
+
+    from commlib.adaptive.measure import half_reduce_seconds
+
+    return half_reduce_seconds(torch.float16, 1 << 16, dist.group.WORLD, repeats=2)
+
+
+def test_half_reduce_seconds_is_one_non_negative_number_on_every_rank():
+    results = run_workers(_half_reduce_worker, 2, timeout=120)
+    assert results[0] == results[1] and results[0] >= 0.0
+
+
+def test_codec_times_under_contention_agree_on_every_rank():
+    """With a group, all ranks time at once and max-reduce: every rank holds the same table."""
+    results = run_workers(_codec_worker, 2, timeout=120)
+    assert results[0] == results[1]
+    assert all(enc > 0 for enc, _ in results[0].values())
