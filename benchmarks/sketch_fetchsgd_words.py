@@ -1,0 +1,452 @@
+"""FetchSGD vs unbiased sketches at equal bytes on a word model whose gradient is sparse: where FetchSGD should win.
+
+FetchSGD (Rothchild et al. 2020) targets gradients with heavy hitters, such as
+large embedding tables of which a batch touches few rows. The digits MLP
+(``sketch_digits.py``) has a dense gradient and FetchSGD loses there. This
+benchmark asks the same question on the model class it was designed for.
+
+Setup
+-----
+Data and model: :mod:`commlib.train.words`. Passages of 16 words from pydoc's
+topic pages (text shipped with Python), labelled by page (79 classes), 80/20
+split; vocabulary = every training word (3,205 with the unknown word). Model:
+``BagOfWords`` (fastText-style mean of token embeddings, then a linear layer),
+in two sizes (``--models``):
+
+* ``words``: words only, width 64: table 3,205 × 64 = 205,120 of d = 210,255;
+* ``bigrams``: also adjacent-word pairs hashed into 2^16 extra rows, width 16:
+  table 68,741 × 16 = 1,099,856 of d = 1,101,199 (fastText's hashing trick).
+  By default only its heavy-hitter analysis runs (``--models bigrams`` trains
+  it too, at about 5 times the cost per step).
+
+A global batch of 32 passages touches about 270 word rows (8% of the words-only
+table, 17k nonzero gradient values) and, with bigrams, about 720 rows (1% of
+the table, 11.5k values).
+
+Training: 4 simulated workers (:class:`commlib.sim.Simulator`), 8 passages each
+per step, ``--steps`` steps, SGD (momentum 0.9; 0 for FetchSGD, whose momentum
+lives in the sketch), the exchange's defaults (2 dense warm-up steps; the bias,
+79 values, always dense). The loss curve is the mean of the workers' batch
+losses before each step; "train loss" is its mean over the last 30 steps.
+
+Methods at s = d/ratio (``--ratios``), all at the same bytes per compressed step
+(within 1%): ``Sketch`` unbiased SRHT and count sketch (1 row); FetchSGD per tensor
+and model-wide (the whole model as one tensor, as Rothchild et al. run it; the
+bias is then sketched too) with 5 rows, k = cols, as in ``sketch_digits.py``;
+FetchSGD per tensor with 1 row (the shape of Rothchild et al.'s own CIFAR-10
+and ImageNet runs), k = cols and cols/4; top-k + EF14 at density 1/(2·ratio) (8 bytes per entry); uncompressed fp32.
+Every method runs at every rate of its grid (``grids``) on seed 0; the rate with
+the lowest train loss is rerun with the other ``--seeds`` (model init, data
+order, sketch hashes), and the table gives mean ± std over seeds.
+
+Remedies (``--remedies``, seed 0, ``--remedy-lrs``): the choices Rothchild et
+al. leave open at a fixed byte budget: rows × cols (1 or 5 rows), k (cols,
+cols/4, cols/16) and the in-sketch momentum ρ (0.9, 0).
+
+The published results were produced as several processes (``--ratios`` and
+``--methods`` subsets, same steps and seeds), combined with ``--merge``; the
+JSON's ``merged`` lists them; their wall times (2 heavily shared cores) add up
+to about 1.6 hours.
+
+Heavy hitters (``heavy_hitters``): along an uncompressed run, for the embedding
+table's gradient and momentum, the share of ‖v‖² in its true top k and the
+share of that top k a count sketch of the same bytes finds (:func:`unsketch_topk`).
+
+Outputs ``benchmarks/results/sketch_fetchsgd_words.{json,md,png}`` (the PNG: loss
+against step per method at its best rate, mean over seeds).
+Run: ``PYTHONPATH=. python benchmarks/sketch_fetchsgd_words.py`` (``--quick``: a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from sketch_digits import best_of
+
+from commlib import ops
+from commlib.compress import Compressor, Identity, TopK
+from commlib.compress.sketch import FetchSGD, Sketch, unsketch_topk
+from commlib.errors import ProtocolMismatchError, WireFormatError
+from commlib.feedback import EF14
+from commlib.sim import Simulator
+from commlib.train.data import Dataset, global_batches, worker_batch
+from commlib.train.loop import simulated_step
+from commlib.train.words import BagOfWords, load_topic_passages
+
+RESULTS = Path(__file__).parent / "results"
+WORKERS, BATCH, LENGTH, TAIL = 4, 8, 16, 30
+MODELS = {"words": {"width": 64, "bigram_buckets": 0}, "bigrams": {"width": 16, "bigram_buckets": 1 << 16}}
+
+
+def grids(ratio: float, quick: bool) -> dict[str, list[float]]:
+    """Learning rates per kind of method (one rate each for ``quick``).
+
+    Dense, top-k and 1-row FetchSGD: around the uncompressed optimum (1 in a
+    pilot); 5-row FetchSGD: 3 to 30 (a pilot over 0.3–10 chose 10); unbiased sketches: their error √(d/s − 1) asks
+    for about s/d to 10·s/d of the dense rate, so 30/ratio down to 1/ratio.
+    """
+    if quick:
+        return {"dense": [1.0], "fetch": [1.0], "unbiased": [round(3 / ratio, 6)]}
+    return {"dense": [3.0, 1.0, 0.3], "fetch": [30.0, 10.0, 3.0],
+            "unbiased": [round(c / ratio, 6) for c in (30.0, 10.0, 3.0, 1.0)]}
+
+
+Method = tuple[Compressor, object, float, list[float], bool]
+
+
+def methods(ratio: float, grid: dict[str, list[float]]) -> dict[str, Method]:
+    """name -> (compressor, feedback, optimizer momentum, learning rates, model-wide) at s = d/ratio."""
+    fetch = FetchSGD(ratio=ratio, rows=5, density=1 / (5 * ratio))
+    one_row = {per: FetchSGD(ratio=ratio, rows=1, density=1 / (ratio * per)) for per in (1, 4)}
+    return {
+        "srht unbiased": (Sketch(ratio=ratio, family="srht"), None, 0.9, grid["unbiased"], False),
+        "countsketch unbiased": (Sketch(ratio=ratio, family="countsketch"), None, 0.9, grid["unbiased"], False),
+        "FetchSGD per tensor": (fetch, None, 0.0, grid["fetch"], False),
+        "FetchSGD model-wide": (fetch, None, 0.0, grid["fetch"], True),
+        "FetchSGD per tensor, 1 row, k = cols": (one_row[1], None, 0.0, grid["dense"], False),
+        "FetchSGD per tensor, 1 row, k = cols/4": (one_row[4], None, 0.0, grid["dense"], False),
+        "top-k + EF14": (TopK(density=1 / (2 * ratio)), EF14(), 0.9, grid["dense"], False),
+    }
+
+
+def remedies(ratio: float) -> dict[str, FetchSGD]:
+    """FetchSGD variants at the same bytes: rows × cols, k and in-sketch momentum ρ (k given in columns).
+
+    The main table's setting (5 rows, k = cols, ρ 0.9) is not repeated.
+    """
+    out = {}
+    for rows in (1, 5):
+        for per in (1, 4, 16):
+            if (rows, per) != (5, 1):
+                out[f"{rows} rows, k = cols/{per}, ρ 0.9"] = FetchSGD(ratio=ratio, rows=rows,
+                                                                      density=1 / (rows * ratio * per))
+    out["5 rows, k = cols, ρ 0"] = FetchSGD(ratio=ratio, rows=5, density=1 / (5 * ratio), momentum=0.0)
+    out["5 rows, k = cols/4, ρ 0"] = FetchSGD(ratio=ratio, rows=5, density=1 / (20 * ratio), momentum=0.0)
+    return out
+
+
+def flat_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: Dataset, sim: Simulator,
+              batches: list[torch.Tensor]) -> list[float]:
+    """:func:`simulated_step` with the whole model exchanged as one tensor ``("model", (1, d))``."""
+    params = list(model.parameters())
+    per_worker, losses = [], []
+    for mine in batches:
+        model.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(data.x_train[mine]), data.y_train[mine])
+        loss.backward()
+        per_worker.append([("model", torch.cat([p.grad.reshape(-1) for p in params]).view(1, -1))])
+        losses.append(loss.item())
+    flat, offset = sim.exchange(per_worker)[0].view(-1), 0
+    for p in params:
+        p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
+    optimizer.step()
+    return losses
+
+
+def train(kind: str, compressor: Compressor, feedback, momentum: float, lr: float, data: Dataset, vocab: int,
+          steps: int, seed: int, model_wide: bool = False) -> dict:
+    """One run: per-step loss (mean over workers), final train loss, test loss and accuracy, bytes."""
+    model = BagOfWords(vocab, data.classes, seed=seed, **MODELS[kind])
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    sim = Simulator(compressor, WORKERS, feedback=feedback, seed=seed)
+    step_fn = flat_step if model_wide else simulated_step
+    curve, step, epoch = [], 0, 0
+    t0 = time.perf_counter()
+    try:
+        while step < steps:
+            for batch in global_batches(len(data.y_train), WORKERS * BATCH, epoch, seed):
+                if step == steps:
+                    break
+                losses = step_fn(model, opt, data, sim, [worker_batch(batch, r, WORKERS) for r in range(WORKERS)])
+                curve.append(sum(losses) / len(losses))
+                step += 1
+                if not math.isfinite(curve[-1]):
+                    raise WireFormatError("non-finite loss")
+            epoch += 1
+    except (ProtocolMismatchError, WireFormatError):  # NaN means differ, a sum overflowed, or the loss did
+        curve.append(float("nan"))
+    tail = curve[-TAIL:]
+    loss = sum(tail) / len(tail)
+    with torch.no_grad():
+        logits = model(data.x_test)
+        test_loss = F.cross_entropy(logits, data.y_test).item()
+        accuracy = (logits.argmax(1) == data.y_test).float().mean().item()
+    diverged = not (math.isfinite(loss) and math.isfinite(test_loss))
+    stats = sim.stats.as_dict()
+    return {"lr": lr, "seed": seed, "diverged": diverged, "train_loss": None if diverged else loss,
+            "test_loss": None if diverged else test_loss, "accuracy": 0.0 if diverged else accuracy,
+            "sent_bytes_per_step": stats["last"]["sent_bytes"], "sent_bytes_total": stats["total"]["sent_bytes"],
+            "ratio_vs_fp32": stats["last"]["ratio_vs_fp32"], "seconds": time.perf_counter() - t0,
+            "curve": [round(sum(curve[i : i + 10]) / len(curve[i : i + 10]), 4) for i in range(0, len(curve), 10)]}
+
+
+def heavy_hitters(data: Dataset, vocab: int, kind: str, ratios: list[float], steps: tuple[int, ...]) -> list[dict]:
+    """Can a count sketch of the same bytes find the top k of the embedding table's gradient (and momentum)?
+
+    Along an uncompressed run (global batch 32, SGD lr 1, momentum 0.9), at each
+    of ``steps``: nonzeros of the gradient; for rows 1 and 5 (cols = d/(rows·ratio))
+    and k = cols and cols/10, the share of ‖v‖² in the true top k, the share of
+    the true top k that :func:`unsketch_topk` returns and ‖v[found] − est‖/‖v[found]‖.
+    """
+    model = BagOfWords(vocab, data.classes, seed=0, **MODELS[kind])
+    opt = torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9)
+    batches = list(global_batches(len(data.y_train), WORKERS * BATCH, 0, 0))
+    momentum, seed, out = None, 1234, []
+    for step in range(max(steps) + 1):
+        batch = batches[step % len(batches)]
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(data.x_train[batch]), data.y_train[batch]).backward()
+        g = model.embed.weight.grad.reshape(-1).clone()
+        momentum = g.clone() if momentum is None else momentum.mul_(0.9).add_(g)
+        opt.step()
+        if step not in steps:
+            continue
+        for vector, v in (("gradient", g), ("momentum", momentum)):
+            for ratio in ratios:
+                for rows in (1, 5):
+                    cols = max(1, round(v.numel() / (rows * ratio)))
+                    table = torch.zeros(rows, cols)
+                    ops.count_sketch_add_(table, v, seed)
+                    for k in (cols, max(1, cols // 10)):
+                        _, true_idx = ops.topk_magnitude(v, k)
+                        est, found = unsketch_topk(table, seed, v.numel(), k)
+                        truth = set(true_idx.tolist())
+                        out.append({"step": step, "vector": vector, "ratio": ratio, "rows": rows, "cols": cols,
+                                    "k": k, "nonzeros": int((v != 0).sum()),
+                                    "top_k_energy": float(v[true_idx.long()].square().sum() / v.square().sum()),
+                                    "recall": sum(i in truth for i in found.tolist()) / k,
+                                    "value_error": float((v[found] - est).norm() / v[found].norm())})
+    return out
+
+
+def mean_std(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.3f}"
+
+
+def summary(runs: list[dict]) -> dict:
+    """Mean ± std over seeds of train loss, test loss and accuracy (a diverged run: accuracy 0, losses ∞)."""
+    def pick(key: str) -> list[float]:
+        return [math.inf if r[key] is None else r[key] for r in runs]
+
+    return {"train_loss": mean_std(pick("train_loss")), "test_loss": mean_std(pick("test_loss")),
+            "accuracy": mean_std(pick("accuracy")), "diverged": sum(r["diverged"] for r in runs),
+            "seeds": len(runs), "lr": runs[0]["lr"], "sent_bytes_per_step": runs[0]["sent_bytes_per_step"],
+            "sent_bytes_total": runs[0]["sent_bytes_total"]}
+
+
+def markdown(res: dict) -> str:
+    cfg = res["config"]
+    lines = [f"# FetchSGD vs unbiased sketches at equal bytes on pydoc topic passages ({WORKERS} workers, "
+             f"{cfg['steps']} steps)", "",
+             "Generated by `benchmarks/sketch_fetchsgd_words.py` (setup in its docstring). Cells: mean ± std over "
+             f"seeds {cfg['seeds']} at the rate (grid in brackets) with the lowest seed-0 train loss "
+             f"(mean of the last {TAIL} steps); a diverged run counts as loss ∞, accuracy 0. Bytes: one worker's, "
+             "per compressed step and over the whole run (2 dense warm-up steps included).", ""]
+    for kind, model in res["models"].items():
+        lines += [f"## Model `{kind}`: d = {model['d']:,}, embedding table {model['table']:,} "
+                  f"({model['table'] / model['d']:.1%})", ""]
+        rows = [("uncompressed fp32", "d", model["fp32"])] if "fp32" in model else []
+        rows += [(name, f"d/{ratio}", table) for ratio, tables in model["compared"].items()
+                 for name, table in tables.items()]
+        if rows:
+            lines += ["| method | s | lr (grid) | train loss | test loss | test accuracy | bytes/step | total MB | "
+                      "diverged |", "|---|---|---|---|---|---|---|---|---|"]
+        for name, s, table in rows:
+            sm = table["summary"]
+            grid = ", ".join(f"{r['lr']:g}" for r in table["grid"])
+            lines.append(f"| {name} | {s} | {sm['lr']:g} ({grid}) | {sm['train_loss']} | {sm['test_loss']} | "
+                         f"{sm['accuracy']} | {sm['sent_bytes_per_step']:,} | {sm['sent_bytes_total'] / 1e6:.2f} | "
+                         f"{sm['diverged']}/{sm['seeds']} |")
+        if model.get("remedies"):
+            lines += ["", f"### FetchSGD remedies at equal bytes (model `{kind}`, seed 0, best rate of "
+                      f"{res['remedy_grid']})", "",
+                      "| s | variant | lr | train loss | test loss | test accuracy | bytes/step |",
+                      "|---|---|---|---|---|---|---|"]
+            for ratio, variants in model["remedies"].items():
+                for name, grid in variants.items():
+                    b = best_of(grid)
+                    tl = "diverged" if b["diverged"] else f"{b['train_loss']:.3f}"
+                    te = "—" if b["diverged"] else f"{b['test_loss']:.3f}"
+                    lines.append(f"| d/{ratio} | {name} | {b['lr']:g} | {tl} | {te} | {b['accuracy']:.3f} | "
+                                 f"{b['sent_bytes_per_step']:,} |")
+        if model.get("heavy_hitters"):
+            lines += ["", f"### Heavy hitters of the embedding table's gradient (model `{kind}`, uncompressed run)",
+                      "", "| step | vector | s | rows × cols | k | nonzeros | share of ‖v‖² in top k | "
+                      "top k found | value error |", "|---|---|---|---|---|---|---|---|---|"]
+            for h in model["heavy_hitters"]:
+                lines.append(f"| {h['step']} | {h['vector']} | d/{h['ratio']:g} | {h['rows']} × {h['cols']} | "
+                             f"{h['k']} | {h['nonzeros']} | {h['top_k_energy']:.3f} | {h['recall']:.3f} | "
+                             f"{h['value_error']:.2f} |")
+        lines.append("")
+    lines += [f"Total time: {res['elapsed_s']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [kind for kind, model in res["models"].items() if any(model["compared"].values())]
+    ratios = sorted({ratio for kind in kinds for ratio, tables in res["models"][kind]["compared"].items() if tables},
+                    key=float)
+    fig, axes = plt.subplots(len(kinds), len(ratios), figsize=(5.5 * len(ratios), 4 * len(kinds)), squeeze=False)
+    for i, kind in enumerate(kinds):
+        model = res["models"][kind]
+        for j, ratio in enumerate(ratios):
+            ax = axes[i][j]
+            tables = {"uncompressed fp32": model["fp32"]} if "fp32" in model else {}
+            tables.update(model["compared"].get(ratio, {}))
+            for name, table in tables.items():
+                curves = [r["curve"] for r in table["seeds"] if not r["diverged"]]
+                if not curves:
+                    continue
+                n = min(len(c) for c in curves)
+                mean = [statistics.fmean(c[t] for c in curves) for t in range(n)]
+                ax.plot([10 * t + 5 for t in range(n)], mean, label=f"{name} (lr {table['summary']['lr']:g})")
+            ax.set_title(f"{kind}, s = d/{ratio}")
+            ax.set_xlabel("step")
+            ax.set_ylabel("train loss (10-step mean, mean over seeds)")
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def tuned(run_one, grid: list[float], seeds: list[int]) -> dict:
+    """Every rate of ``grid`` on ``seeds[0]``; the best rerun on the other seeds."""
+    runs = [run_one(lr, seeds[0]) for lr in grid]
+    best = best_of(runs)
+    reruns = [best] + [run_one(best["lr"], seed) for seed in seeds[1:]]
+    return {"grid": [{k: v for k, v in r.items() if k != "curve"} for r in runs], "seeds": reruns,
+            "summary": summary(reruns)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--ratios", type=float, nargs="+", default=[20, 100])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--models", nargs="+", default=["words"], choices=list(MODELS), help="models to train")
+    parser.add_argument("--heavy-hitter-models", nargs="*", default=list(MODELS), choices=list(MODELS),
+                        help="models for the heavy-hitter analysis (trained or not)")
+    parser.add_argument("--remedies", action="store_true", help="also the FetchSGD variants (seed 0)")
+    parser.add_argument("--remedy-lrs", type=float, nargs="+", default=[3.0, 1.0, 0.3])
+    parser.add_argument("--methods", nargs="*", default=None,
+                        help="only these of the compared methods (and 'uncompressed fp32')")
+    parser.add_argument("--out", default="sketch_fetchsgd_words", help="basename of the result files")
+    parser.add_argument("--merge", metavar="JSON", nargs="+", default=None,
+                        help="add to the results (--out) what other runs' JSONs hold and it lacks; trains nothing")
+    parser.add_argument("--quick", action="store_true",
+                        help="words model, 20 steps, d/20, one rate, 2 seeds: a smoke run")
+    args = parser.parse_args()
+    if args.merge:
+        merge(RESULTS / f"{args.out}.json", [Path(p) for p in args.merge])
+        return
+    if args.quick:
+        args.steps, args.ratios, args.seeds, args.models, args.heavy_hitter_models = 20, [20.0], [0, 1], ["words"], []
+        args.remedy_lrs = [1.0]
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    passages = load_topic_passages(LENGTH)
+    data, vocab = passages.data, len(passages.vocab)
+    res: dict[str, object] = {"config": vars(args), "remedy_grid": args.remedy_lrs, "vocab": vocab,
+                              "classes": data.classes, "train_passages": len(data.y_train),
+                              "test_passages": len(data.y_test), "models": {}}
+    for kind in dict.fromkeys(args.models + args.heavy_hitter_models):
+        probe = BagOfWords(vocab, data.classes, **MODELS[kind])
+        model = res["models"][kind] = {"d": sum(p.numel() for p in probe.parameters()),
+                                       "table": probe.embed.weight.numel(), "compared": {}, "remedies": {}}
+        if kind in args.heavy_hitter_models:
+            model["heavy_hitters"] = heavy_hitters(data, vocab, kind, args.ratios, (0, 200, args.steps - 1))
+            print(f"[{time.perf_counter() - start:6.0f}s] {kind}: heavy hitters done", flush=True)
+        if kind not in args.models:
+            continue
+
+        def runner(compressor, feedback, momentum, wide=False, kind=kind):
+            return lambda rate, seed: train(kind, compressor, feedback, momentum, rate, data, vocab, args.steps,
+                                            seed, wide)
+
+        if args.methods is None or "uncompressed fp32" in args.methods:
+            model["fp32"] = tuned(runner(Identity(), None, 0.9), grids(1.0, args.quick)["dense"], args.seeds)
+            print(f"[{time.perf_counter() - start:6.0f}s] {kind} fp32: {model['fp32']['summary']}", flush=True)
+            if not args.quick:
+                save_json(res, RESULTS / args.out, time.perf_counter() - start)
+        for ratio in args.ratios:
+            key = f"{ratio:g}"
+            model["compared"][key] = tables = {}
+            for name, (compressor, feedback, momentum, grid, wide) in methods(ratio, grids(ratio, args.quick)).items():
+                if args.methods is not None and name not in args.methods:
+                    continue
+                tables[name] = tuned(runner(compressor, feedback, momentum, wide), grid, args.seeds)
+                if not args.quick:  # a partial result survives an interrupted run
+                    save_json(res, RESULTS / args.out, time.perf_counter() - start)
+                print(f"[{time.perf_counter() - start:6.0f}s] {kind} d/{key} {name}: {tables[name]['summary']}",
+                      flush=True)
+            if args.remedies:
+                model["remedies"][key] = variants = {}
+                for name, fetch in remedies(ratio).items():
+                    variants[name] = [runner(fetch, None, 0.0)(lr, args.seeds[0]) for lr in args.remedy_lrs]
+                    b = best_of(variants[name])
+                    print(f"[{time.perf_counter() - start:6.0f}s] {kind} d/{key} remedy {name}: lr {b['lr']} "
+                          f"train {b['train_loss']} acc {b['accuracy']:.3f}", flush=True)
+    res["elapsed_s"] = time.perf_counter() - start
+    if not args.quick:
+        write(res, RESULTS / args.out)
+    print(markdown(res))
+
+
+def save_json(res: dict, stem: Path, elapsed: float) -> None:
+    """``stem``.json with the results so far."""
+    stem.parent.mkdir(exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps({**res, "elapsed_s": elapsed}, indent=1))
+
+
+def write(res: dict, stem: Path) -> None:
+    """``stem``.json, .md and .png."""
+    stem.parent.mkdir(exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    stem.with_suffix(".md").write_text(markdown(res))
+    plot(res, stem.with_suffix(".png"))
+
+
+def merge(target: Path, sources: list[Path]) -> None:
+    """Add to ``target`` (a JSON of this script) the methods, remedies and analyses of ``sources`` that it lacks.
+
+    Runs split over processes (same steps and seeds) become one table; ``merged``
+    records each source's configuration. Rewrites the .json, .md and .png.
+    """
+    res = json.loads(target.read_text())
+    res.setdefault("merged", [])
+    for source in sources:
+        other = json.loads(source.read_text())
+        mine, theirs = res["config"], other["config"]
+        if mine["steps"] != theirs["steps"] or mine["seeds"][0] != theirs["seeds"][0]:
+            raise ValueError(f"{source} ran other steps or a different first seed than {target}")
+        for kind, model in other["models"].items():
+            mine = res["models"].setdefault(kind, model)
+            for ratio, tables in model["compared"].items():
+                for name, table in tables.items():
+                    mine["compared"].setdefault(ratio, {}).setdefault(name, table)
+            for ratio, variants in model.get("remedies", {}).items():
+                mine.setdefault("remedies", {}).setdefault(ratio, variants)
+            if len(model.get("heavy_hitters", [])) > len(mine.get("heavy_hitters", [])):  # the fuller analysis
+                mine["heavy_hitters"] = model["heavy_hitters"]
+        if any(m.get("remedies") for m in other["models"].values()):
+            res["remedy_grid"] = other["remedy_grid"]
+        res["merged"].append({"source": source.name, "config": other["config"], "elapsed_s": other["elapsed_s"]})
+        res["elapsed_s"] += other["elapsed_s"]
+    write(res, target.with_suffix(""))
+
+
+if __name__ == "__main__":
+    main()
