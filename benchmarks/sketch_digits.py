@@ -218,17 +218,28 @@ def heavy_hitters(data: Dataset, ratios: list[float], steps: tuple[int, ...] = (
             continue
         for vector, v in (("gradient", g), ("momentum", momentum)):
             for ratio in ratios:
-                cols = max(1, round(v.numel() / (rows * ratio)))
-                table = torch.zeros(rows, cols)
-                ops.count_sketch_add_(table, v, seed)
-                for k in (cols, max(1, cols // 10)):
-                    _, true_idx = ops.topk_magnitude(v, k)
-                    est, found = unsketch_topk(table, seed, v.numel(), k)
-                    truth = set(true_idx.tolist())
-                    out.append({"step": step, "vector": vector, "ratio": ratio, "cols": cols, "k": k,
-                                "top_k_energy": float(v[true_idx.long()].square().sum() / v.square().sum()),
-                                "recall": sum(i in truth for i in found.tolist()) / k,
-                                "value_error": float((v[found] - est).norm() / v[found].norm())})
+                out += [{"step": step, "vector": vector, **row} for row in recall_rows(v, ratio, rows, seed)]
+    return out
+
+
+def recall_rows(v: torch.Tensor, ratio: float, rows: int, seed: int) -> list[dict]:
+    """Sketch ``v`` into ``rows`` × ``d/(rows·ratio)`` cells; for k = cols and cols/10, how well it finds the top k.
+
+    Per k: the share of ‖v‖² in the true top k, the share of the true top k
+    that :func:`unsketch_topk` returns and ‖v[found] − estimates‖/‖v[found]‖.
+    """
+    cols = max(1, round(v.numel() / (rows * ratio)))
+    table = torch.zeros(rows, cols)
+    ops.count_sketch_add_(table, v, seed)
+    out = []
+    for k in (cols, max(1, cols // 10)):
+        _, true_idx = ops.topk_magnitude(v, k)
+        est, found = unsketch_topk(table, seed, v.numel(), k)
+        truth = set(true_idx.tolist())
+        out.append({"ratio": ratio, "rows": rows, "cols": cols, "k": k,
+                    "top_k_energy": float(v[true_idx.long()].square().sum() / v.square().sum()),
+                    "recall": sum(i in truth for i in found.tolist()) / k,
+                    "value_error": float((v[found] - est).norm() / v[found].norm())})
     return out
 
 

@@ -68,11 +68,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from sketch_digits import best_of
+from sketch_digits import best_of, recall_rows
 
-from commlib import ops
 from commlib.compress import Compressor, Identity, TopK
-from commlib.compress.sketch import FetchSGD, Sketch, unsketch_topk
+from commlib.compress.sketch import FetchSGD, Sketch
 from commlib.errors import ProtocolMismatchError, WireFormatError
 from commlib.feedback import EF14
 from commlib.sim import Simulator
@@ -212,18 +211,8 @@ def heavy_hitters(data: Dataset, vocab: int, kind: str, ratios: list[float], ste
         for vector, v in (("gradient", g), ("momentum", momentum)):
             for ratio in ratios:
                 for rows in (1, 5):
-                    cols = max(1, round(v.numel() / (rows * ratio)))
-                    table = torch.zeros(rows, cols)
-                    ops.count_sketch_add_(table, v, seed)
-                    for k in (cols, max(1, cols // 10)):
-                        _, true_idx = ops.topk_magnitude(v, k)
-                        est, found = unsketch_topk(table, seed, v.numel(), k)
-                        truth = set(true_idx.tolist())
-                        out.append({"step": step, "vector": vector, "ratio": ratio, "rows": rows, "cols": cols,
-                                    "k": k, "nonzeros": int((v != 0).sum()),
-                                    "top_k_energy": float(v[true_idx.long()].square().sum() / v.square().sum()),
-                                    "recall": sum(i in truth for i in found.tolist()) / k,
-                                    "value_error": float((v[found] - est).norm() / v[found].norm())})
+                    out += [{"step": step, "vector": vector, "nonzeros": int((v != 0).sum()), **row}
+                            for row in recall_rows(v, ratio, rows, seed)]
     return out
 
 

@@ -46,7 +46,6 @@ import json
 import math
 import os
 import random
-import signal
 import socket
 import statistics
 import subprocess
@@ -243,6 +242,8 @@ def _free_port() -> int:
 
 def launch(cfg: dict[str, Any], world: int, net, timeout: float) -> dict[str, Any]:
     """Start ``world`` ranks (in ``net``'s namespaces, or on loopback); kill them after ``timeout``; rank 0's result."""
+    from netem_harness import wait_or_kill
+
     tmp = Path(tempfile.mkdtemp(prefix="lgreco-netem-"))
     (tmp / "cfg.json").write_text(json.dumps(cfg))
     port = 29500 + os.getpid() % 1000 if net is not None else _free_port()
@@ -256,19 +257,7 @@ def launch(cfg: dict[str, Any], world: int, net, timeout: float) -> dict[str, An
         argv = [sys.executable, str(Path(__file__).resolve()), "--worker", str(tmp / "cfg.json"), str(tmp / "out.json")]
         procs.append(subprocess.Popen([*(net.exec_prefix(rank) if net else []), *argv], env=env,
                                       start_new_session=True))
-    deadline = time.monotonic() + timeout
-    errors = []
-    try:
-        for rank, proc in enumerate(procs):
-            try:
-                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                errors.append(f"rank {rank} still running after {timeout:.0f}s: killed")
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    errors = wait_or_kill(procs, timeout)
     out = tmp / "out.json"
     result = json.loads(out.read_text()) if out.exists() else {"error": "rank 0 wrote no result"}
     if errors:

@@ -40,7 +40,6 @@ import argparse
 import json
 import os
 import platform
-import signal
 import socket
 import statistics
 import subprocess
@@ -53,7 +52,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from netem_harness import LinkShape, Network, can_emulate, emulated_network  # noqa: E402
+from netem_harness import LinkShape, Network, can_emulate, emulated_network, wait_or_kill  # noqa: E402
 from netem_worker import HOOKS  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -122,19 +121,7 @@ def launch(cfg: dict[str, Any], net: Network | None, timeout: float) -> tuple[li
         argv = [sys.executable, str(WORKER), str(tmp / "cfg.json"), str(tmp / f"rank{rank}.json")]
         procs.append(subprocess.Popen([*(net.exec_prefix(rank) if net else []), *argv], env=env,
                                       start_new_session=True))
-    errors = []
-    deadline = time.monotonic() + timeout
-    try:
-        for rank, proc in enumerate(procs):
-            try:
-                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                errors.append(f"rank {rank} still running after {timeout:.0f}s: killed")
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    errors = wait_or_kill(procs, timeout)
     results = []
     for rank in range(world):
         path = tmp / f"rank{rank}.json"

@@ -26,6 +26,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -237,3 +238,27 @@ def read_counters(link: str) -> tuple[int, int]:
     """``(tx_bytes, rx_bytes)`` of ``link`` as seen from the calling process's namespace (sysfs)."""
     base = Path("/sys/class/net") / link / "statistics"
     return int((base / "tx_bytes").read_text()), int((base / "rx_bytes").read_text())
+
+
+def wait_or_kill(procs: Sequence[subprocess.Popen], timeout: float) -> list[str]:
+    """Wait for every process (each started with ``start_new_session=True``) until a shared deadline.
+
+    Any still running at the deadline, or left running when waiting fails, is
+    killed with its whole process group. Returns one message per rank that
+    had to be killed.
+    """
+    errors = []
+    deadline = time.monotonic() + timeout
+    try:
+        for rank, proc in enumerate(procs):
+            try:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                errors.append(f"rank {rank} still running after {timeout:.0f}s: killed")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    return errors
+

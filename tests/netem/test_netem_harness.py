@@ -20,6 +20,7 @@ from netem_harness import (  # noqa: E402
     emulated_network,
     list_namespaces,
     read_counters,
+    wait_or_kill,
 )
 from netem_probe import measure_goodput  # noqa: E402
 
@@ -113,3 +114,14 @@ def test_bad_input_is_refused() -> None:
                 pass
     with pytest.raises(FileNotFoundError):
         read_counters("no-such-link-xyz")
+
+
+def test_wait_or_kill_kills_what_outlives_the_deadline() -> None:
+    """No root needed: a rank that finishes is waited for; one past the deadline is killed with its group."""
+    quick = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+    stuck = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    errors = wait_or_kill([quick, stuck], timeout=2.0)
+    assert quick.returncode == 0
+    assert stuck.returncode == -signal.SIGKILL
+    assert errors == ["rank 1 still running after 2s: killed"]
+
