@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -24,8 +25,10 @@ import torch
 from ..comm.torch_driver import SPLIT_MIN_BYTES
 from ..compress import GatherCompressor, TensorContext
 from ..compress.base import Compressor
-from .cost import _ALL_KINDS, TimeCost, WireKind, fit_linear, traffic_factor
+from .cost import _ALL_KINDS, _KINDS, TimeCost, WireKind, fit_linear, traffic_factor
 from .options import Option
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["calibrate", "codec_seconds", "exchange_local_seconds", "half_reduce_seconds", "measure_codec_times"]
 
@@ -82,7 +85,9 @@ def calibrate(
     The kinds: native all-reduce, all-gather, all-to-all, and the ordered all-reduce as the
     torch driver splits it (timed only at sizes of at least ``SPLIT_MIN_BYTES``; below, it is an
     all-gather; with fewer than two such sizes it is not fitted and falls back, see
-    :meth:`TimeCost.fit`).
+    :meth:`TimeCost.fit`). An optional kind (all-to-all, ordered) whose timings do not grow
+    with size — lost in the noise on a fast link — is left unfitted and falls back too; for
+    the all-reduce and the all-gather that is a ``ValueError`` naming the collective.
 
     Steps: for each collective and payload size, the median of ``repeats``
     timed runs (fp32 payloads, on the current CUDA device for NCCL groups, a
@@ -115,8 +120,15 @@ def calibrate(
     for kind in _ALL_KINDS:
         points = [(traffic_factor(kind, world) * 4 * max(1, size // 4), float(t))
                   for (k, size), t in zip(timed, times.cpu().tolist()) if k == kind]
-        if len(points) >= 2:
+        if len(points) < 2:
+            continue
+        try:
             model.latency[kind], model.seconds_per_byte[kind] = fit_linear(*zip(*points))
+        except ValueError as err:
+            if kind in _KINDS:
+                raise ValueError(f"calibrate: the {kind} fit failed ({err})") from err
+            # An optional kind (its timings lost in the noise on a fast link): priced by its fallback.
+            _log.info("calibrate: no %s fit (%s); it falls back to the other collectives' fits", kind, err)
     return model
 
 

@@ -27,6 +27,27 @@ def test_calibrate_fits_one_model_on_every_rank():
         assert results[0]["latency"][kind] >= 0 and results[0]["seconds_per_byte"][kind] > 0
 
 
+def _flat_timings_worker(rank: int, world: int, flat: str) -> dict:
+    """Timings of ``flat`` shrink with size (noise on a fast link); the others grow."""
+    from commlib.adaptive import measure
+
+    measure._time_collective = lambda kind, size, *rest: (1e-3 - size * 1e-12) if kind == flat else 1e-4 + size * 1e-9
+    try:
+        return {"fitted": sorted(calibrate(sizes=(1 << 10, 1 << 17, 1 << 20), repeats=1).seconds_per_byte)}
+    except ValueError as err:
+        return {"error": str(err)}
+
+
+@pytest.mark.parametrize("flat", ["ordered", "alltoall", "allgather"])
+def test_calibrate_leaves_an_optional_kind_it_cannot_fit_to_its_fallback(flat):
+    results = run_workers(_flat_timings_worker, 2, flat, timeout=120)
+    assert results[0] == results[1]
+    if flat == "allgather":  # a kind every TimeCost needs: a clear error naming it
+        assert "allgather fit failed" in results[0]["error"]
+    else:
+        assert results[0]["fitted"] == sorted({"allreduce", "allgather", "alltoall", "ordered"} - {flat})
+
+
 def test_calibrate_needs_a_process_group():
     with pytest.raises(ValueError, match="process group"):
         calibrate()
