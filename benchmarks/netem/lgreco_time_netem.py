@@ -46,9 +46,7 @@ import json
 import math
 import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -234,29 +232,14 @@ def worker(cfg: dict[str, Any], out: Path) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(cfg: dict[str, Any], world: int, net, timeout: float) -> dict[str, Any]:
     """Start ``world`` ranks (in ``net``'s namespaces, or on loopback); kill them after ``timeout``; rank 0's result."""
-    from netem_harness import wait_or_kill
+    from netem_harness import start_ranks, wait_or_kill
 
     tmp = Path(tempfile.mkdtemp(prefix="lgreco-netem-"))
     (tmp / "cfg.json").write_text(json.dumps(cfg))
-    port = 29500 + os.getpid() % 1000 if net is not None else _free_port()
-    procs = []
-    for rank in range(world):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_PORT": str(port),
-               "MASTER_ADDR": net.address(0) if net else "127.0.0.1", "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-        if net is not None:
-            env["GLOO_SOCKET_IFNAME"] = net.worker_links[rank]
-        argv = [sys.executable, str(Path(__file__).resolve()), "--worker", str(tmp / "cfg.json"), str(tmp / "out.json")]
-        procs.append(subprocess.Popen([*(net.exec_prefix(rank) if net else []), *argv], env=env,
-                                      start_new_session=True))
+    script = str(Path(__file__).resolve())
+    procs = start_ranks(world, net, lambda rank: [script, "--worker", str(tmp / "cfg.json"), str(tmp / "out.json")])
     errors = wait_or_kill(procs, timeout)
     out = tmp / "out.json"
     result = json.loads(out.read_text()) if out.exists() else {"error": "rank 0 wrote no result"}

@@ -40,9 +40,7 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,7 +50,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from netem_harness import LinkShape, Network, can_emulate, emulated_network, wait_or_kill  # noqa: E402
+from netem_harness import LinkShape, Network, can_emulate, emulated_network, start_ranks, wait_or_kill  # noqa: E402
 from netem_worker import HOOKS  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -97,30 +95,14 @@ def _parse_rates(text: str) -> list[float | None]:
     return rates
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(cfg: dict[str, Any], net: Network | None, timeout: float) -> tuple[list[dict[str, Any]], list[str]]:
     """Start the workers (inside ``net``'s namespaces, or on loopback), wait, kill on timeout; their results."""
     world = cfg["world"]
     tmp = Path(tempfile.mkdtemp(prefix="netem-"))
     (tmp / "cfg.json").write_text(json.dumps(cfg))
-    port = 29500 + os.getpid() % 1000 if net is not None else _free_port()
-    procs = []
-    for rank in range(world):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_PORT": str(port),
-               "MASTER_ADDR": net.address(0) if net else "127.0.0.1", "OMP_NUM_THREADS": "1",
-               "MALLOC_ARENA_MAX": "2",  # fewer glibc arenas: less fragmentation with many 100 MB models
-               "NETEM_IFACE": net.worker_links[rank] if net else "",
-               "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-        if net is not None:
-            env["GLOO_SOCKET_IFNAME"] = net.worker_links[rank]
-        argv = [sys.executable, str(WORKER), str(tmp / "cfg.json"), str(tmp / f"rank{rank}.json")]
-        procs.append(subprocess.Popen([*(net.exec_prefix(rank) if net else []), *argv], env=env,
-                                      start_new_session=True))
+    procs = start_ranks(world, net, lambda rank: [str(WORKER), str(tmp / "cfg.json"), str(tmp / f"rank{rank}.json")],
+                        # fewer glibc arenas: less fragmentation with many 100 MB models
+                        extra_env={"MALLOC_ARENA_MAX": "2"})
     errors = wait_or_kill(procs, timeout)
     results = []
     for rank in range(world):

@@ -25,9 +25,11 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,4 +263,34 @@ def wait_or_kill(procs: Sequence[subprocess.Popen], timeout: float) -> list[str]
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
     return errors
+
+
+def start_ranks(world: int, net: Network | None, argv: Callable[[int], list[str]],
+                extra_env: Mapping[str, str] | None = None) -> list[subprocess.Popen]:
+    """Start ``world`` Python ranks ``sys.executable *argv(rank)`` with torchrun-style rendezvous variables.
+
+    Inside ``net``'s namespaces (rank ``r`` in namespace ``r``, gloo bound to its
+    link, named in ``NETEM_IFACE`` for the rank's own counters, the master at
+    rank 0's address, a port from the pid) or, without a network, on loopback
+    with a free port. One intra-op thread per rank, the
+    repository on ``PYTHONPATH``, each rank in its own session so
+    :func:`wait_or_kill` can kill its whole group.
+    """
+    if net is not None:
+        port = 29500 + os.getpid() % 1000
+    else:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    procs = []
+    for rank in range(world):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_PORT": str(port),
+               "MASTER_ADDR": net.address(0) if net else "127.0.0.1", "OMP_NUM_THREADS": "1",
+               "NETEM_IFACE": net.worker_links[rank] if net else "",
+               "PYTHONPATH": str(Path(__file__).resolve().parents[2]), **(extra_env or {})}
+        if net is not None:
+            env["GLOO_SOCKET_IFNAME"] = net.worker_links[rank]
+        procs.append(subprocess.Popen([*(net.exec_prefix(rank) if net else []), sys.executable, *argv(rank)],
+                                      env=env, start_new_session=True))
+    return procs
 
