@@ -4,9 +4,11 @@
 // bucket (bucket_size consecutive elements, the last one shorter), s = levels:
 //   norm  = sqrt(sum x_i^2) in double (l2)  or  max |x_i| (max norm)
 //   scale = float(norm)                    (0 for an all-zero bucket: codes s)
-//   y_i   = float(min(double(|x_i|) * (s / norm), s))       in double: no
-//           overflow for tiny buckets, and y_i <= s
-//   level = floor(y_i) + [uniform24(hash32(seed, i)) < y_i - floor(y_i)]
+//   pre   = 2^64 if s / norm >= 2^100 else 1   (a tiny norm: s / norm would
+//           overflow float32; scaling by a power of two is exact)
+//   ratio = float(s / (norm * pre))        (in double, rounded once)
+//   y_i   = min((|x_i| * pre) * ratio, s)  in float32
+//   level = floor(y_i) + [uniform24(hash32_stream(stream_key32(seed), i)) < y_i - floor(y_i)]
 //   code  = s - level if x_i < 0 else s + level, in [0, 2s], packed with `bits`
 //           bits per code (layout of pack_bits).
 // Decoding adds float(scale / s) * float(code - s) to out[i].
@@ -22,6 +24,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include "hash.h"
 #include "pack_bits.h"
 
 namespace commlib {
@@ -31,6 +34,25 @@ inline int64_t num_buckets(int64_t n, int64_t bucket_size) { return n == 0 ? 0 :
 // A bucket longer than the vector is one bucket of all n elements: the same
 // result, and no arithmetic with the huge size.
 inline int64_t effective_bucket(int64_t n, int64_t bucket_size) { return std::min(bucket_size, std::max<int64_t>(n, 1)); }
+
+// A bucket's pre-scale and ratio (see the top of this file), from its norm > 0.
+struct QsgdScaling {
+  float pre;
+  float ratio;
+};
+
+COMMLIB_HOST_DEVICE QsgdScaling qsgd_scaling(double norm, double levels) {
+  constexpr double kTinyNormRatio = 1267650600228229401496703205376.0;  // 2^100
+  constexpr double kPre = 18446744073709551616.0;                     // 2^64
+  const double pre = levels / norm >= kTinyNormRatio ? kPre : 1.0;
+  return {static_cast<float>(pre), static_cast<float>(levels / (norm * pre))};
+}
+
+// y = min((|x| * pre) * ratio, s) in float32: the magnitude in levels.
+COMMLIB_HOST_DEVICE float qsgd_levels(float magnitude, QsgdScaling scaling, float s) {
+  const float y = (magnitude * scaling.pre) * scaling.ratio;
+  return y < s ? y : s;
+}
 
 constexpr int64_t kMaxQsgdNumel = (int64_t{1} << 32) - 1;
 

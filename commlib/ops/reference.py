@@ -23,12 +23,14 @@ __all__ = [
     "count_unsketch",
     "ef_topk_",
     "hash32",
+    "hash32_stream",
     "pack_bits",
     "packed_length",
     "qsgd_decode_add",
     "qsgd_encode",
     "srht",
     "srht_transpose",
+    "stream_key32",
     "topk_magnitude",
     "topk_threshold",
     "uniform24",
@@ -185,6 +187,25 @@ def hash32(key: int, counters: Tensor) -> Tensor:
     return _fmix32(h ^ (key >> 32) ^ _mul32(i >> 32, 0x85EBCA77))
 
 
+def stream_key32(key: int) -> int:
+    """A 64-bit key folded to 32 bits for :func:`hash32_stream`.
+
+    ``fmix32(lo32(key) ^ fmix32(hi32(key) ^ 0x5BD1E995))``.
+    """
+    key &= 2**64 - 1
+    inner = int(_fmix32(torch.tensor([(key >> 32) ^ 0x5BD1E995], dtype=torch.int64)))
+    return int(_fmix32(torch.tensor([(key & _M32) ^ inner], dtype=torch.int64)))
+
+
+def hash32_stream(key32: int, counters: Tensor) -> Tensor:
+    """One finaliser round of a Weyl sequence: ``fmix32(i·0x9E3779B1 + key32)`` for counters ``i < 2**32``.
+
+    The cheaper stream of ``csrc/hash.h`` (SplitMix's construction) for hot
+    loops, QSGD's coins among them. Returned as int64 in ``[0, 2**32)``.
+    """
+    return _fmix32((_mul32(counters.to(torch.int64), 0x9E3779B1) + key32) & _M32)
+
+
 def uniform24(h: Tensor) -> Tensor:
     """``h >> 8`` as float32 in ``[0, 1)``: 24 random bits, exact in float32."""
     return (h >> 8).to(torch.float32) * (1.0 / 16777216.0)
@@ -212,9 +233,10 @@ def qsgd_encode(
 
     Per bucket of ``bucket_size`` elements (the last one shorter), with
     ``s = levels``: ``norm = sqrt(Σ x²)`` in float64 (or ``max|x|`` with
-    ``max_norm``); ``scale = float32(norm)``;
-    ``y = float32(min(float64(|x|)·(s/norm), s))``;
-    ``level = floor(y) + [uniform24(hash32(seed, i)) < y − floor(y)]``;
+    ``max_norm``); ``scale = float32(norm)``; a pre-scale ``pre = 2**64`` when
+    ``s/norm ≥ 2**100`` (a tiny norm, whose ratio would overflow float32), else 1;
+    ``ratio = float32(s/(norm·pre))``; in float32 ``y = min((|x|·pre)·ratio, s)``;
+    ``level = floor(y) + [uniform24(hash32_stream(stream_key32(seed), i)) < y − floor(y)]``;
     ``code = s ∓ level`` (minus for negative ``x``), packed with ``bits`` bits.
     An all-zero bucket has scale 0 and codes ``s``. Non-finite input raises.
     """
@@ -233,10 +255,13 @@ def qsgd_encode(
     scales = norm.float()
     if not bool(torch.isfinite(scales).all()):
         raise ValueError("qsgd_encode: a bucket's norm overflows float32")
-    ratio = float(levels) / torch.where(norm > 0, norm, torch.ones_like(norm))
-    y = (mags * ratio.unsqueeze(1)).clamp_(max=float(levels)).float().reshape(-1)[:n]
+    safe_norm = torch.where(norm > 0, norm, torch.ones_like(norm))
+    pre = torch.where(float(levels) / safe_norm >= 2.0**100, 2.0**64, 1.0)
+    ratio = torch.where(norm > 0, float(levels) / (safe_norm * pre), 0.0).float()
+    scaled = (mags.float() * pre.float().unsqueeze(1)) * ratio.unsqueeze(1)
+    y = scaled.clamp_(max=float(levels)).reshape(-1)[:n]
     whole = y.floor()
-    coin = uniform24(hash32(seed, torch.arange(n, device=x.device)))
+    coin = uniform24(hash32_stream(stream_key32(seed), torch.arange(n, device=x.device)))
     level = whole.to(torch.int64) + (coin < y - whole).to(torch.int64)
     codes = torch.where(x < 0, levels - level, levels + level).to(torch.uint8)
     return scales, pack_bits(codes, bits)

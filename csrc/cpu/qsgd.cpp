@@ -128,34 +128,33 @@ BucketStats bucket_stats(const float* __restrict__ x, int64_t len, bool want_squ
   return st;
 }
 
-// The code of x at global index i given ratio = s / norm (see ../qsgd.h); the
-// scalar twin of Quantizer16::codes.
-inline uint8_t quantize_one(float x, uint32_t i, double ratio, double s, int32_t center, uint32_t key_lo,
-                            uint32_t key_hi) {
-  const double scaled = static_cast<double>(std::fabs(x)) * ratio;
-  const float y = static_cast<float>(scaled < s ? scaled : s);
+// The code of x at global index i under the bucket's scaling (see ../qsgd.h);
+// the scalar twin of Quantizer16::codes.
+inline uint8_t quantize_one(float x, uint32_t i, QsgdScaling scaling, float s, int32_t center, uint32_t key32) {
+  const float y = qsgd_levels(std::fabs(x), scaling, s);
   const float floor_y = std::floor(y);
-  const float coin = uniform24(hash32_small(key_lo, key_hi, i));
+  const float coin = uniform24(hash32_stream(key32, i));
   const int32_t level = static_cast<int32_t>(floor_y) + (coin < y - floor_y ? 1 : 0);
   return static_cast<uint8_t>(x < 0.0f ? center - level : center + level);
 }
 
 #if defined(__AVX512F__)
-// Codes of 16 elements at once, branch-free: |x| to double, times ratio, min
-// with s (min_pd keeps the same operand as the scalar `scaled < s ? scaled :
-// s`), back to float, floor, the counter hash on 16 32-bit lanes. Bitwise
-// quantize_one's result.
+// Codes of 16 elements at once, branch-free: |x| (times the pre-scale when
+// it is not 1: x * 1 == x), times ratio, min with s (min_ps keeps the same
+// operand as the scalar `y < s ? y : s`), floor, and the stream hash on 16
+// 32-bit lanes. Bitwise quantize_one's result.
 class Quantizer16 {
  public:
   // The first call to codes() quantizes the elements at global indices first + 0 .. 15, each later call the
   // next 16.
-  Quantizer16(int64_t levels, double ratio, uint64_t seed, uint32_t first)
-      : ratio_(_mm512_set1_pd(ratio)),
-        s_(_mm512_set1_pd(static_cast<double>(levels))),
+  Quantizer16(int64_t levels, QsgdScaling scaling, uint32_t key32, uint32_t first)
+      : prescaled_(scaling.pre != 1.0f),
+        pre_(_mm512_set1_ps(scaling.pre)),
+        ratio_(_mm512_set1_ps(scaling.ratio)),
+        s_(_mm512_set1_ps(static_cast<float>(levels))),
         center_(_mm512_set1_epi32(static_cast<int32_t>(levels))),
-        key_lo_(_mm512_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(seed)))),
-        key_hi_(_mm512_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(seed >> 32)))),
-        golden_index_(_mm512_mullo_epi32(
+        key32_(_mm512_set1_epi32(static_cast<int32_t>(key32))),
+        weyl_(_mm512_mullo_epi32(
             _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(first)),
                              _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)),
             _mm512_set1_epi32(static_cast<int32_t>(kGolden)))) {}
@@ -163,18 +162,14 @@ class Quantizer16 {
   // The codes (0 .. 2 levels) of x[0, 16) in 32-bit lanes; advances to the next 16 indices.
   inline __m512i codes(const float* x) {
     const __m512 v = _mm512_loadu_ps(x);
-    const __m512 mag = _mm512_abs_ps(v);
-    __m512d lo = _mm512_mul_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(mag)), ratio_);
-    __m512d hi = _mm512_mul_pd(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(mag), 1))),
-                               ratio_);
-    lo = _mm512_min_pd(lo, s_);
-    hi = _mm512_min_pd(hi, s_);
-    const __m512 y = _mm512_castpd_ps(
-        _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(_mm512_cvtpd_ps(lo))),
-                           _mm256_castps_pd(_mm512_cvtpd_ps(hi)), 1));
+    __m512 mag = _mm512_abs_ps(v);
+    if (prescaled_) {
+      mag = _mm512_mul_ps(mag, pre_);
+    }
+    const __m512 y = _mm512_min_ps(_mm512_mul_ps(mag, ratio_), s_);
     const __m512 floor_y = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    const __m512i h = fmix(_mm512_xor_si512(fmix(_mm512_add_epi32(golden_index_, key_lo_)), key_hi_));
-    golden_index_ = _mm512_add_epi32(golden_index_, _mm512_set1_epi32(static_cast<int32_t>(16u * kGolden)));
+    const __m512i h = fmix(_mm512_add_epi32(weyl_, key32_));
+    weyl_ = _mm512_add_epi32(weyl_, _mm512_set1_epi32(static_cast<int32_t>(16u * kGolden)));
     const __m512 coin = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(h, 8)), _mm512_set1_ps(1.0f / 16777216.0f));
     const __mmask16 up = _mm512_cmp_ps_mask(coin, _mm512_sub_ps(y, floor_y), _CMP_LT_OQ);
     const __m512i down = _mm512_cvttps_epi32(floor_y);
@@ -192,11 +187,12 @@ class Quantizer16 {
     return _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
   }
 
-  static constexpr uint32_t kGolden = 0x9E3779B1u;  // hash32_small's counter multiplier (../hash.h)
+  static constexpr uint32_t kGolden = 0x9E3779B1u;  // hash32_stream's counter multiplier (../hash.h)
 
-  const __m512d ratio_, s_;
-  const __m512i center_, key_lo_, key_hi_;
-  __m512i golden_index_;  // (index * kGolden) mod 2^32 of the next 16 indices: one add per step, no multiply
+  const bool prescaled_;
+  const __m512 pre_, ratio_, s_;
+  const __m512i center_, key32_;
+  __m512i weyl_;  // (index * kGolden) mod 2^32 of the next 16 indices: one add per step, no multiply
 };
 
 // 16 codes (< 2^bits, in 32-bit lanes) packed into 2 * bits bytes at out, code
@@ -220,43 +216,41 @@ inline void store_packed16(__m512i code, int64_t bits, uint8_t* out) {
 }
 #endif
 
-// codes[j] for x[0, len) at global indices first + j, given ratio = s / norm;
-// 16 at a time with AVX-512, the scalar loop finishes the tail.
-void quantize_codes(const float* __restrict__ x, int64_t len, uint32_t first, int64_t levels, double ratio,
-                    uint64_t seed, uint8_t* __restrict__ codes) {
+// codes[j] for x[0, len) at global indices first + j, under the bucket's
+// scaling; 16 at a time with AVX-512, the scalar loop finishes the tail.
+void quantize_codes(const float* __restrict__ x, int64_t len, uint32_t first, int64_t levels, QsgdScaling scaling,
+                    uint32_t key32, uint8_t* __restrict__ codes) {
   int64_t j = 0;
 #if defined(__AVX512F__)
-  Quantizer16 quantizer(levels, ratio, seed, first);
+  Quantizer16 quantizer(levels, scaling, key32, first);
   for (; j + 16 <= len; j += 16) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + j), _mm512_cvtepi32_epi8(quantizer.codes(x + j)));
   }
 #endif
-  const uint32_t key_lo = static_cast<uint32_t>(seed);
-  const uint32_t key_hi = static_cast<uint32_t>(seed >> 32);
   for (; j < len; ++j) {
-    codes[j] = quantize_one(x[j], first + static_cast<uint32_t>(j), ratio, static_cast<double>(levels),
-                            static_cast<int32_t>(levels), key_lo, key_hi);
+    codes[j] = quantize_one(x[j], first + static_cast<uint32_t>(j), scaling, static_cast<float>(levels),
+                            static_cast<int32_t>(levels), key32);
   }
 }
 
-// A bucket's scale and the ratio s / norm its codes use: scale -1 if the
+// A bucket's scale and the scaling its codes use: scale -1 if the
 // bucket holds a NaN or an infinity or its norm overflows float32; `zero`
 // for an all-zero bucket (scale 0, every code is `levels`). One pass over
 // the bucket: its maximum key (which doubles as the finiteness check) and
 // the l2 lanes.
 struct BucketScale {
   float scale;
-  double ratio;
+  QsgdScaling scaling;
   bool zero;
 };
 
 BucketScale bucket_scale(const float* __restrict__ x, int64_t len, int64_t levels, bool max_norm) {
   const BucketStats st = bucket_stats(x, len, !max_norm);
   if (st.top_key >= 0x7F800000u) {
-    return {-1.0f, 0.0, false};
+    return {-1.0f, {1.0f, 0.0f}, false};
   }
   if (st.top_key == 0) {
-    return {0.0f, 0.0, true};
+    return {0.0f, {1.0f, 0.0f}, true};
   }
   double norm;
   if (max_norm) {
@@ -269,20 +263,20 @@ BucketScale bucket_scale(const float* __restrict__ x, int64_t len, int64_t level
   }
   const float scale = static_cast<float>(norm);
   if (!is_finite_bits(scale)) {
-    return {-1.0f, 0.0, false};
+    return {-1.0f, {1.0f, 0.0f}, false};
   }
-  return {scale, static_cast<double>(levels) / norm, false};
+  return {scale, qsgd_scaling(norm, static_cast<double>(levels)), false};
 }
 
 // Quantizes one bucket x[0, len) (global offset `first`) into codes; returns
 // its scale (-1: not finite). The bucket is read twice while L1-resident.
 float quantize_bucket(const float* __restrict__ x, int64_t len, uint32_t first, int64_t levels, bool max_norm,
-                      uint64_t seed, uint8_t* __restrict__ codes) {
+                      uint32_t key32, uint8_t* __restrict__ codes) {
   const BucketScale b = bucket_scale(x, len, levels, max_norm);
   if (b.zero) {
     std::fill(codes, codes + len, static_cast<uint8_t>(levels));
   } else if (b.scale > 0.0f) {
-    quantize_codes(x, len, first, levels, b.ratio, seed, codes);
+    quantize_codes(x, len, first, levels, b.scaling, key32, codes);
   }
   return b.scale;
 }
@@ -293,7 +287,7 @@ float quantize_bucket(const float* __restrict__ x, int64_t len, uint32_t first, 
 // time are quantized and packed in registers, the last len % 16 (only in
 // the tensor's last bucket) go through pack_tail.
 float quantize_bucket_packed(const float* __restrict__ x, int64_t len, uint32_t first, int64_t levels, bool max_norm,
-                             uint64_t seed, int64_t bits, uint8_t* __restrict__ out) {
+                             uint32_t key32, int64_t bits, uint8_t* __restrict__ out) {
   const BucketScale b = bucket_scale(x, len, levels, max_norm);
   if (b.scale < 0.0f) {
     return b.scale;
@@ -305,11 +299,11 @@ float quantize_bucket_packed(const float* __restrict__ x, int64_t len, uint32_t 
     std::memset(out, static_cast<int>(levels * repeat), whole * bits / 8);
     std::fill(tail, tail + (len - whole), static_cast<uint8_t>(levels));
   } else {
-    Quantizer16 quantizer(levels, b.ratio, seed, first);
+    Quantizer16 quantizer(levels, b.scaling, key32, first);
     for (int64_t j = 0; j < whole; j += 16) {
       store_packed16(quantizer.codes(x + j), bits, out + j * bits / 8);
     }
-    quantize_codes(x + whole, len - whole, first + static_cast<uint32_t>(whole), levels, b.ratio, seed, tail);
+    quantize_codes(x + whole, len - whole, first + static_cast<uint32_t>(whole), levels, b.scaling, key32, tail);
   }
   if (whole < len) {
     swar::pack_tail(tail, out + whole * bits / 8, 0, len - whole, bits);
@@ -340,6 +334,7 @@ std::tuple<at::Tensor, at::Tensor> qsgd_encode_cpu(const at::Tensor& x, int64_t 
   float* scale_out = scales.data_ptr<float>();
   uint8_t* dst = packed.data_ptr<uint8_t>();
   const Blocks blocks = make_blocks(n, bucket_size);
+  const uint32_t key32 = stream_key32(static_cast<uint64_t>(seed));
   std::atomic<bool> bad{false};
 #if defined(__AVX512F__)
   if (bucket_size % 16 == 0 || bucket_size == n) {  // every bucket starts on a 16-code boundary
@@ -347,7 +342,7 @@ std::tuple<at::Tensor, at::Tensor> qsgd_encode_cpu(const at::Tensor& x, int64_t 
       for (int64_t off = first_block * blocks.length; off < std::min(n, last_block * blocks.length);
            off += bucket_size) {
         const float scale = quantize_bucket_packed(src + off, std::min(bucket_size, n - off), static_cast<uint32_t>(off),
-                                                   levels, max_norm, static_cast<uint64_t>(seed), bits,
+                                                   levels, max_norm, key32, bits,
                                                    dst + off * bits / 8);
         if (scale < 0.0f) {
           bad.store(true, std::memory_order_relaxed);
@@ -369,7 +364,7 @@ std::tuple<at::Tensor, at::Tensor> qsgd_encode_cpu(const at::Tensor& x, int64_t 
       for (int64_t off = 0; off < len; off += bucket_size) {
         const int64_t size = std::min(bucket_size, len - off);
         const float scale = quantize_bucket(src + begin + off, size, static_cast<uint32_t>(begin + off), levels, max_norm,
-                                            static_cast<uint64_t>(seed), codes.data() + off);
+                                            key32, codes.data() + off);
         if (scale < 0.0f) {
           bad.store(true, std::memory_order_relaxed);
         }

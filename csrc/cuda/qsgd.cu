@@ -1,9 +1,10 @@
 // CUDA kernels of commlib::qsgd_encode and commlib::qsgd_decode_add (math in
 // ../qsgd.h, the same formulas as the CPU kernels).
 //   encode: (1) one block per bucket reduces the bucket's max |x| or sum of
-//           squares (in double) and stores norm, s / norm and the float scale,
-//           flagging non-finite input; (2) one thread per element computes its
-//           code from the counter hash; (3) pack_bits_cuda packs the codes.
+//           squares (in double) and stores the float scale and the bucket's
+//           (pre-scale, ratio) of qsgd_scaling, flagging non-finite input;
+//           (2) one thread per element computes its code from the stream
+//           hash; (3) pack_bits_cuda packs the codes.
 //   decode: the scales and codes are validated first (ATen reductions, read
 //           on the host), so a malformed payload raises before out is touched;
 //           then one thread per element adds scale / s * (code - s), with
@@ -30,7 +31,7 @@ namespace {
 __device__ __forceinline__ bool finite_bits(float v) { return (__float_as_uint(v) & 0x7F800000u) != 0x7F800000u; }
 
 __global__ void bucket_norm_kernel(const float* __restrict__ x, int64_t n, int64_t bucket_size, bool max_norm,
-                                   double levels, double* __restrict__ ratio, float* __restrict__ scale,
+                                   double levels, float2* __restrict__ scaling, float* __restrict__ scale,
                                    int* __restrict__ bad) {
   __shared__ double partial[kThreadsPerBlock];
   const int64_t b = blockIdx.x;
@@ -62,23 +63,22 @@ __global__ void bucket_norm_kernel(const float* __restrict__ x, int64_t n, int64
       atomicOr(bad, 1);
     }
     scale[b] = s;
-    ratio[b] = norm > 0.0 ? levels / norm : 0.0;
+    const QsgdScaling sc = norm > 0.0 ? qsgd_scaling(norm, levels) : QsgdScaling{1.0f, 0.0f};  // zero: codes s
+    scaling[b] = make_float2(sc.pre, sc.ratio);
   }
 }
 
 __global__ void quantize_kernel(const float* __restrict__ x, int64_t n, int64_t bucket_size,
-                                const double* __restrict__ ratio, int levels, uint32_t key_lo, uint32_t key_hi,
+                                const float2* __restrict__ scaling, int levels, uint32_t key32,
                                 uint8_t* __restrict__ codes) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) {
     return;
   }
-  const double r = ratio[i / bucket_size];
-  const double s = static_cast<double>(levels);
-  const double scaled = static_cast<double>(fabsf(x[i])) * r;
-  const float y = static_cast<float>(scaled < s ? scaled : s);
+  const float2 sc = scaling[i / bucket_size];
+  const float y = qsgd_levels(fabsf(x[i]), QsgdScaling{sc.x, sc.y}, static_cast<float>(levels));
   const float floor_y = floorf(y);
-  const float coin = uniform24(hash32_small(key_lo, key_hi, static_cast<uint32_t>(i)));
+  const float coin = uniform24(hash32_stream(key32, static_cast<uint32_t>(i)));
   const int level = static_cast<int>(floor_y) + (coin < y - floor_y ? 1 : 0);
   codes[i] = static_cast<uint8_t>(x[i] < 0.0f ? levels - level : levels + level);
 }
@@ -110,18 +110,17 @@ std::tuple<at::Tensor, at::Tensor> qsgd_encode_cuda(const at::Tensor& x, int64_t
     return {scales, at::empty({0}, x.options().dtype(at::kByte))};
   }
   TORCH_CHECK_VALUE(buckets <= 0x7fffffff, "qsgd_encode: too many buckets for one launch (", buckets, ")");
-  at::Tensor ratio = at::empty({buckets}, x.options().dtype(at::kDouble));
+  at::Tensor scaling = at::empty({buckets, 2}, x.options());  // (pre-scale, ratio) per bucket
   at::Tensor bad = at::zeros({1}, x.options().dtype(at::kInt));
   at::Tensor codes = at::empty({n}, x.options().dtype(at::kByte));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   bucket_norm_kernel<<<static_cast<unsigned int>(buckets), kThreadsPerBlock, 0, stream>>>(
-      x.data_ptr<float>(), n, bucket_size, max_norm, static_cast<double>(levels), ratio.data_ptr<double>(),
+      x.data_ptr<float>(), n, bucket_size, max_norm, static_cast<double>(levels), reinterpret_cast<float2*>(scaling.data_ptr<float>()),
       scales.data_ptr<float>(), bad.data_ptr<int>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   quantize_kernel<<<blocks_for(n, "qsgd_encode"), kThreadsPerBlock, 0, stream>>>(
-      x.data_ptr<float>(), n, bucket_size, ratio.data_ptr<double>(), static_cast<int>(levels),
-      static_cast<uint32_t>(seed), static_cast<uint32_t>(static_cast<uint64_t>(seed) >> 32),
-      codes.data_ptr<uint8_t>());
+      x.data_ptr<float>(), n, bucket_size, reinterpret_cast<const float2*>(scaling.data_ptr<float>()),
+      static_cast<int>(levels), stream_key32(static_cast<uint64_t>(seed)), codes.data_ptr<uint8_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   TORCH_CHECK_VALUE(bad.item<int>() == 0, "qsgd_encode: x holds NaN or Inf, or a bucket's norm overflows float32");
   return {scales, pack_bits_cuda(codes, bits)};

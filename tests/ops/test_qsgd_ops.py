@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -115,6 +116,61 @@ def test_kernel_equals_reference_property(values, bucket_size, config, max_norm,
 # ---------------------------------------------------------------- edge cases, on every path
 
 ENCODERS = [("reference", reference.qsgd_encode), ("wrapper", ops.qsgd_encode)]
+
+
+# ---------------------------------------------------------------- plain-Python oracle of csrc/qsgd.h
+
+M32 = 0xFFFFFFFF
+
+
+def py_fmix32(h: int) -> int:
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & M32
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & M32
+    return h ^ (h >> 16)
+
+
+def py_stream_hash(seed: int, i: int) -> int:
+    seed &= 2**64 - 1
+    key32 = py_fmix32((seed & M32) ^ py_fmix32((seed >> 32) ^ 0x5BD1E995))
+    return py_fmix32((i * 0x9E3779B1 + key32) & M32)
+
+
+def py_codes(x: list[float], bucket_size: int, levels: int, max_norm: bool, seed: int) -> list[int]:
+    """csrc/qsgd.h's formulas, element by element, with numpy float32 scalars for the float32 steps."""
+    codes = []
+    for start in range(0, len(x), bucket_size):
+        bucket = [float(np.float32(v)) for v in x[start : start + bucket_size]]
+        norm = max(abs(v) for v in bucket) if max_norm else math.sqrt(math.fsum(v * v for v in bucket))
+        pre = 2.0**64 if norm > 0 and levels / norm >= 2.0**100 else 1.0
+        ratio = np.float32(levels / (norm * pre)) if norm > 0 else np.float32(0.0)
+        for j, v in enumerate(bucket):
+            y = min((np.float32(abs(v)) * np.float32(pre)) * ratio, np.float32(levels))
+            coin = np.float32(py_stream_hash(seed, start + j) >> 8) * np.float32(1.0 / 16777216.0)
+            level = int(np.floor(y)) + int(coin < y - np.floor(y))
+            codes.append(levels - level if v < 0 else levels + level)
+    return codes
+
+
+def test_reference_stream_hash_matches_python() -> None:
+    counters = [0, 1, 2, 12345, 2**31 - 1, 2**32 - 1]
+    for seed in (0, 1, 2**32 - 1, 2**32, 2**63 + 12345, 2**64 - 1, -1):
+        got = reference.hash32_stream(reference.stream_key32(seed), torch.tensor(counters)).tolist()
+        assert got == [py_stream_hash(seed, i) for i in counters]
+
+
+@pytest.mark.parametrize("encode", [e[1] for e in ENCODERS], ids=[e[0] for e in ENCODERS])
+@pytest.mark.parametrize("max_norm", [False, True])
+def test_codes_match_python_oracle(encode, max_norm: bool) -> None:
+    """Every code equals the plain-Python oracle's: ordinary, zero, negative-zero and tiny (pre-scaled) buckets;
+    l2 sums of powers of two, so the norm is exact on every path."""
+    x = [0.5, -0.25, 0.125, 0.0, 1.0, -0.0, 0.0, 0.0, -2.0**-140, 2.0**-140, 0.0, 2.0**-130, 3.0, -1.0, 0.75, 0.5]
+    xt = torch.tensor(x)
+    for bits, levels in ((2, 1), (4, 7), (8, 127)):
+        for seed in (0, 5, -3, 2**40 + 1):
+            _, packed = encode(xt, 4, levels, bits, max_norm, seed)
+            assert codes_of(packed, bits, len(x)).tolist() == py_codes(x, 4, levels, max_norm, seed), (bits, seed)
 if ops.backend() != "reference":
     ENCODERS.append(("kernel", kernel_encode))
 DECODERS = [("reference", reference.qsgd_decode_add), ("wrapper", ops.qsgd_decode_add)]
@@ -144,8 +200,8 @@ def test_zero_buckets(encode, max_norm: bool, bs: int, bits: int, levels: int) -
 @pytest.mark.parametrize("encode", [e[1] for e in ENCODERS], ids=[e[0] for e in ENCODERS])
 @pytest.mark.parametrize("max_norm", [False, True])
 def test_subnormal_buckets(encode, max_norm: bool) -> None:
-    """Tiny norms: the ratio s/norm is taken in double, so nothing overflows, the codes are valid and the scales
-    finite and positive; decoding stays within one quantization step."""
+    """Tiny norms: s/norm would overflow float32, so such a bucket is pre-scaled by 2**64 (exact); the codes are
+    valid, the scales finite and positive, and decoding stays within one quantization step."""
     g = torch.Generator().manual_seed(4)
     raw = torch.randint(1, 1 << 23, (64,), generator=g, dtype=torch.int32).view(torch.float32)
     x = torch.cat([raw * torch.where(torch.rand(64, generator=g) < 0.5, -1.0, 1.0), torch.tensor([TINY, -TINY])])
