@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import ops
 from ..coding.tasks import pack_mask, unpack_mask
 from ..coding.validation import check_int
 from ..errors import WireFormatError
@@ -158,7 +159,7 @@ class Wire:
             raise WireFormatError(f"{what}: bad magic {float(buf[0])!r}")
         if float(buf[-1]) != TRAILER:
             raise WireFormatError(f"{what}: bad trailer {float(buf[-1])!r} (message shorter than {size} values?)")
-        if not bool(torch.isfinite(buf).all()):
+        if not ops.all_finite(buf):
             raise WireFormatError(f"{what}: non-finite values")
 
     @staticmethod

@@ -273,5 +273,5 @@ def check_density(density: object, owner: str) -> None:
 
 def check_finite(t: Tensor, what: str) -> None:
     """Raise :class:`WireFormatError` if ``t`` (received from peers) holds NaN or Inf."""
-    if not bool(torch.isfinite(t).all()):
+    if not ops.all_finite(t):
         raise WireFormatError(f"{what}: received non-finite values from a peer")

@@ -104,7 +104,7 @@ class QSGD(ScaledCodesCompressor):
 
     def encode(self, x: Tensor, ctx: TensorContext) -> Tensor:
         flat = x.reshape(-1).to(torch.float32)
-        if not bool(torch.isfinite(flat).all()):
+        if not ops.all_finite(flat):
             raise ValueError(f"qsgd: {ctx.key!r} holds NaN or Inf")
         seed = rng.mixed_seed(ctx.seed, ctx.step, f"{ctx.key}/rank{ctx.rank}")
         try:

@@ -32,6 +32,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from .. import ops
 from ..compress.base import Compressor, TensorContext
 
 __all__ = ["ErrorFeedback", "is_finite", "require_local_compressor", "local_compress", "default_eta"]
@@ -39,7 +40,7 @@ __all__ = ["ErrorFeedback", "is_finite", "require_local_compressor", "local_comp
 
 def is_finite(g: Tensor) -> bool:
     """True when every entry of ``g`` is finite. When False, skip :meth:`ErrorFeedback.commit` for this step."""
-    return bool(torch.isfinite(g).all())
+    return ops.all_finite(g)
 
 
 def require_local_compressor(compressor: object) -> Compressor:

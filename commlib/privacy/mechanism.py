@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .. import rng
+from .. import ops, rng
 from ..comm.collectives import Protocol
 from ..compress.base import LinearCompressor, TensorContext, WireBytes
 from ..compress.sketch import Sketch
@@ -107,7 +107,7 @@ class DPSketch(LinearCompressor):
 
     def encode(self, x: Tensor, ctx: TensorContext) -> Tensor:
         flat = x.reshape(-1).to(torch.float32)
-        if not bool(torch.isfinite(flat).all()):
+        if not ops.all_finite(flat):
             raise ValueError(f"dp-sketch: {ctx.key!r} is not finite; clipping cannot bound it")
         if self.clip:
             norm = float(torch.linalg.vector_norm(flat))
