@@ -20,7 +20,10 @@ a warm-up). Every kernel's output is checked against its reference first.
   decode-add, against ``memcpy`` of the float32 input;
 - at ``d = 2**24`` (``--sketch-d``): count sketch (1 and 5 rows, ``d/100``
   columns per row) add and unsketch, and block SRHT (blocks of 4096, 205 rows
-  kept: ``s ≈ d/20``) forward and transpose, against ``memcpy``;
+  kept: ``s ≈ d/20``) forward and transpose, against ``memcpy``; beside them
+  the scatter floor of a one-row sketch: ``row.index_add_`` of ``d``
+  precomputed (bucket, value) pairs, no hashing (random buckets, the same
+  access pattern);
 - each kernel once more through its pure-torch reference (``--reference``, on
   by default for ``d ≤ 25M``).
 
@@ -174,6 +177,10 @@ def sketch_cases(d: int, with_reference: bool, seed: int) -> list[Case]:
     y = torch.empty_like(x)
     fbytes = 4 * d
     cases = [Case("copy", "memcpy (float32)", lambda: y.copy_(x), fbytes, "memcpy (float32)")]
+    scatter_row = torch.zeros(d // 100)
+    scatter_buckets = torch.randint(0, d // 100, (d,), generator=torch.Generator().manual_seed(seed + 1))
+    cases.append(Case("sketch", "scatter floor: index_add_ (1 row)",
+                      lambda: scatter_row.index_add_(0, scatter_buckets, x), fbytes, "memcpy (float32)"))
     for rows in (1, 5):
         table = torch.zeros(rows, d // 100)
         cases.append(Case("sketch", f"count sketch add ({rows} rows)",
@@ -191,8 +198,12 @@ def sketch_cases(d: int, with_reference: bool, seed: int) -> list[Case]:
              "memcpy (float32)"),
     ]
     if with_reference:
-        cases.append(Case("sketch", "srht reference", lambda: reference.srht(x, block, rows, 3), fbytes,
-                          "memcpy (float32)"))
+        ref_table = torch.zeros(1, d // 100)
+        cases += [
+            Case("sketch", "count sketch reference (1 row)", lambda: reference.count_sketch_add_(ref_table, x, 3, 0),
+                 fbytes, "memcpy (float32)"),
+            Case("sketch", "srht reference", lambda: reference.srht(x, block, rows, 3), fbytes, "memcpy (float32)"),
+        ]
     return cases
 
 
