@@ -3,11 +3,11 @@
 // count_sketch_add_: every cell is accumulated in index order (the order of
 //   the reference's per-row index_add_), so the result has the same bits for
 //   any thread count. Hashes of consecutive indices come from RowHashStream
-//   (finite differences, no modular multiply in the loop). With at least as
-//   many rows as threads, threads take whole rows; with fewer (one row, say)
-//   each row runs on all threads, each thread owning a column range: it
-//   hashes every element and adds those that fall in its range (see
-//   sketch_row_parallel).
+//   (finite differences, no modular multiply in the loop). Threads take whole
+//   rows, rows - rows % threads of them; each remaining row (every row, when
+//   there are fewer rows than threads: one row, say) runs on all threads,
+//   each thread owning a column range: it hashes every element and adds
+//   those that fall in its range (see sketch_row_parallel).
 // count_unsketch: in parallel over chunks of elements; the r signed counters
 //   of a chunk are stored row-major (r rows of the chunk's length), sorted
 //   column-wise by odd-even transposition (r rounds of compare-exchanges
@@ -378,18 +378,21 @@ void count_sketch_add_cpu(const at::Tensor& table, const at::Tensor& x, int64_t 
   float* dst = table.data_ptr<float>();
   const int64_t n = x.numel();
   const int64_t threads = at::get_num_threads();
-  // Fewer rows than threads and enough work: every row on all threads.
-  // Otherwise threads take whole rows; small inputs stay on one thread
-  // (waking a pool costs more than the work).
+  // With enough work, threads take whole rows as long as every thread gets
+  // one; each of the rows % threads rows left over (all rows, when there are
+  // fewer rows than threads) then runs on all threads, split by columns, so
+  // no thread idles through a last round of whole rows. Small inputs stay on
+  // one thread (waking a pool costs more than the work).
   const int64_t parts = std::min<int64_t>({threads, 16, static_cast<int64_t>(cols)});
-  if (parts > 1 && rows < threads && n >= kParallelElements) {
-    for (int64_t j = 0; j < rows; ++j) {
+  int64_t whole_rows = rows;
+  if (parts > 1 && n >= kParallelElements) {
+    whole_rows = rows - rows % threads;
+    for (int64_t j = whole_rows; j < rows; ++j) {
       sketch_row_parallel(CountSketchRow::make(static_cast<uint64_t>(seed), j), dst + j * static_cast<int64_t>(cols),
                           cols, src, n, offset, parts);
     }
-    return;
   }
-  at::parallel_for(0, rows, rows * n < kParallelElements ? rows : 1, [&](int64_t first, int64_t last) {
+  at::parallel_for(0, whole_rows, rows * n < kParallelElements ? whole_rows : 1, [&](int64_t first, int64_t last) {
     std::vector<int32_t> bucket(kHashChunk);
     std::vector<float> value(kHashChunk);
     for (int64_t j = first; j < last; ++j) {
