@@ -218,11 +218,11 @@ def _setup(name: str, cfg: dict[str, Any], cost: Any, calib: dict[str, Any]) -> 
         info["split_min_bytes"] = kwargs.get("split_min_bytes")
         ddp_model = DDP(model, bucket_cap_mb=info["bucket_cap_mb"], gradient_as_bucket_view=True)
         if kind == "lgreco":
+            # Solve once at τ = period (in the warm-up), then hold that decision (``once=True``). (The paper
+            # re-solves every few hundred steps; re-solving every 3 would time the solver, not the hook.)
             policy = adaptive.LGreCo(period=cfg["lgreco_period"], window=cfg["lgreco_window"],
-                                     default_option=LGRECO_DEFAULT, cost_model=cost, world_size=dist.get_world_size())
-            # First solve at τ = period (in the warm-up), then hold that decision: the next one is due at τ = 10⁹.
-            # (The paper re-solves every few hundred steps; re-solving every 3 would time the solver, not the hook.)
-            policy.period = 10**9
+                                     default_option=LGRECO_DEFAULT, cost_model=cost, world_size=dist.get_world_size(),
+                                     once=True)
             state = ddp.CommState(ddp_model, feedback=feedback.EControl(eta=0.005), policy=policy, seed=cfg["seed"],
                                   start_step=cfg["start_step"],
                                   feedback_warm_start=cfg.get("feedback_warm_start", False))

@@ -56,6 +56,7 @@ __all__ = [
     "ByteCost",
     "CostModel",
     "ElementCost",
+    "RoundTiming",
     "TimeCost",
     "Timing",
     "collective_seconds",
@@ -199,18 +200,60 @@ class ByteCost(CostModel):
         return float(sum(sent for _, sent in option_collectives(option, shape, world_size)))
 
 
+def _check_seconds(seconds: object, what: str) -> None:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (math.isfinite(seconds)
+                                                                                   and seconds >= 0):
+        raise ValueError(f"{what}: seconds must be a finite number >= 0, got {seconds!r}")
+
+
+def _check_collective(collective: object, payload_bytes: object, what: str) -> None:
+    if collective not in _ALL_KINDS:
+        raise ValueError(f"{what}: unknown collective {collective!r}; expected one of {_ALL_KINDS}")
+    if isinstance(payload_bytes, bool) or not isinstance(payload_bytes, int) or payload_bytes < 0:
+        raise ValueError(f"{what}: payload_bytes must be an integer >= 0, got {payload_bytes!r}")
+
+
 @dataclass(frozen=True)
 class Timing:
-    """One measured collective: ``seconds`` for a ``payload_bytes`` payload among ``world_size`` ranks."""
+    """One measured collective: ``seconds`` for a ``payload_bytes`` payload among ``world_size`` ranks.
+
+    ``ValueError`` for an unknown collective, negative or non-integer bytes, or negative or non-finite seconds.
+    """
 
     collective: WireKind
     payload_bytes: int
     world_size: int
     seconds: float
 
+    def __post_init__(self) -> None:
+        _check_collective(self.collective, self.payload_bytes, "Timing")
+        _check_world(self.world_size)
+        _check_seconds(self.seconds, "Timing")
+
     @property
     def wire_bytes(self) -> float:
         return traffic_factor(self.collective, self.world_size) * self.payload_bytes
+
+
+@dataclass(frozen=True)
+class RoundTiming:
+    """One round of collectives issued together, timed as a whole (an exchange cannot time them apart).
+
+    ``collectives`` holds ``(kind, payload_bytes)`` per collective, the kind as the driver ran
+    it (an ordered all-reduce is ``"allgather"`` below ``SPLIT_MIN_BYTES``, ``"ordered"`` from
+    there on: :func:`commlib.comm.traffic.wire_kind`). :meth:`TimeCost.attribute` splits
+    ``seconds`` among them. Validated like :class:`Timing`.
+    """
+
+    collectives: tuple[tuple[WireKind, int], ...]
+    world_size: int
+    seconds: float
+
+    def __post_init__(self) -> None:
+        for kind, payload in self.collectives:
+            _check_collective(kind, payload, "RoundTiming")
+        _check_world(self.world_size)
+        _check_seconds(self.seconds, "RoundTiming")
 
 
 def fit_linear(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
@@ -300,26 +343,51 @@ class TimeCost(CostModel):
         decodes = world_size if option.collective == "allgather" else 1
         return numel * (encode + decodes * decode)
 
+    def round_seconds(self, collectives: Sequence[tuple[WireKind, int]], world_size: int) -> float:
+        """Predicted seconds of a round of ``(kind, payload_bytes)`` collectives: the sum of their :meth:`seconds`."""
+        return sum(self.seconds(kind, traffic_factor(kind, world_size) * payload) for kind, payload in collectives)
+
+    def attribute(self, measured: RoundTiming) -> list[Timing]:
+        """Split a round's measured seconds among its collectives in proportion to their predicted seconds.
+
+        A round of one collective is that collective's timing. With several (issued together,
+        so timed together), collective ``i`` gets ``seconds·p_i / Σ p`` where ``p_i`` is this
+        model's prediction: the model's shares are kept and its total is corrected to the
+        measured one (equal shares when every prediction is 0).
+        """
+        kinds = measured.collectives
+        if not kinds:
+            return []
+        predicted = [self.seconds(kind, traffic_factor(kind, measured.world_size) * payload) for kind, payload in kinds]
+        total = sum(predicted)
+        shares = [p / total for p in predicted] if total > 0 else [1.0 / len(kinds)] * len(kinds)
+        return [Timing(kind, payload, measured.world_size, measured.seconds * share)
+                for (kind, payload), share in zip(kinds, shares)]
+
     def update(self, measured: Sequence[Timing], momentum: float = 0.1) -> None:
         """Blend fits of new timings into the model: ``θ ← (1 − momentum)·θ + momentum·θ_new`` per collective.
 
-        With two or more distinct sizes for a collective, both ``α`` and ``β``
-        are refit (:func:`fit_linear`); with one size, ``α`` is kept and
-        ``β_new = max(t − α, 0) / wire_bytes`` (mean over the samples).
+        Samples that carry no information are skipped: zero bytes on the wire (a world of one,
+        an empty payload) or zero seconds. With two or more distinct sizes for a collective, both
+        ``α`` and ``β`` are refit (:func:`fit_linear`); with one size — or when the sizes'
+        timings do not grow with size (noise: :func:`fit_linear` finds no positive slope) — ``α``
+        is kept and ``β_new = max(t − α, 0) / wire_bytes`` (mean over the samples).
         """
-        if not 0 < momentum <= 1:
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 < momentum <= 1:
             raise ValueError(f"momentum must be in (0, 1], got {momentum!r}")
+        if not all(isinstance(m, Timing) for m in measured):
+            raise TypeError("TimeCost.update takes a sequence of Timing")
         for kind in _ALL_KINDS:
-            samples = [m for m in measured if m.collective == kind and m.wire_bytes > 0]
+            samples = [m for m in measured if m.collective == kind and m.wire_bytes > 0 and m.seconds > 0]
             if not samples:
                 continue
             if kind not in self.latency:  # a first all-to-all fit starts from the all-gather's
                 self.latency[kind], self.seconds_per_byte[kind] = self.fit(kind)
             wires = [m.wire_bytes for m in samples]
             secs = [m.seconds for m in samples]
-            if len(set(wires)) >= 2:
+            try:
                 alpha, beta = fit_linear(wires, secs)
-            else:
+            except ValueError:  # one size, or timings that do not grow with size: refine β alone
                 alpha = self.latency[kind]
                 beta = float(np.mean([max(t - alpha, 0.0) / w for t, w in zip(secs, wires)]))
             self.latency[kind] += momentum * (alpha - self.latency[kind])

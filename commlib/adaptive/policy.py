@@ -29,6 +29,12 @@ With ``once=True`` the first due re-solve (at ``τ = period``) is the last: the
 policy then holds its decision (no more windows or re-solves) — on every rank
 alike, solved or skipped, so the runtime's broadcasts stay matched.
 
+With ``refine_time=True`` (a :class:`~commlib.adaptive.cost.TimeCost` only), the runtime
+times its collective rounds in each window and, before each due re-solve, hands every rank
+the same rounds (each round's seconds maxed over ranks) to :meth:`LGreCo.refine`, which
+refits the model (:meth:`TimeCost.update`) — so every rank holds the same model and rank 0
+re-solves with it. The simulator has no real timings: there the model stays as given.
+
 Call :meth:`~LGreCo.decide` before :meth:`~LGreCo.observe` within a step. All
 state is in :meth:`~LGreCo.state_dict` (tensors and plain values).
 :class:`AdaptivePolicy` is the interface runtimes rely on (met by
@@ -48,7 +54,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cost import CostModel, ElementCost, cost_table
+from .cost import CostModel, ElementCost, RoundTiming, TimeCost, cost_table
 from .dp import Solution, solve
 from .options import Option, default_grid
 from .tables import ErrorAccumulator, error_table
@@ -100,6 +106,10 @@ class LGreCoStats:
     table_seconds: float = 0.0  # time spent measuring errors, summed over solves
     dp_seconds: float = 0.0
     unit: str = ""
+    refits: int = 0  # time-model refinements from measured rounds (``refine_time``)
+    refit_measured_s: float = 0.0  # the last refinement's rounds: seconds measured (slowest rank) …
+    refit_predicted_s: float = 0.0  # … predicted by the model before the refinement …
+    refit_refined_s: float = 0.0  # … and after it
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -124,7 +134,9 @@ class LGreCo:
     of the whole model's compression error, which lets the largest layer
     dominate the budget). ``power_iterations`` and ``seed`` go to
     :func:`~commlib.adaptive.tables.error_table`. ``once``: re-solve only at
-    ``τ = period``, then hold that decision (module docstring).
+    ``τ = period``, then hold that decision (module docstring). ``refine_time`` (needs a
+    ``TimeCost``): refine the model from the runtime's timed rounds before each re-solve
+    (:meth:`refine`, blending with ``refine_momentum``).
     """
 
     def __init__(
@@ -141,6 +153,8 @@ class LGreCo:
         power_iterations: int | None = None,
         seed: int = 0,
         once: bool = False,
+        refine_time: bool = False,
+        refine_momentum: float = 0.1,
     ) -> None:
         self.period = _check_int(period, "period", 1)
         self.window = _check_int(window, "window", 1)
@@ -152,6 +166,14 @@ class LGreCo:
         if not isinstance(once, bool):
             raise ValueError(f"LGreCo once must be a bool, got {once!r}")
         self.once = once
+        if not isinstance(refine_time, bool):
+            raise ValueError(f"LGreCo refine_time must be a bool, got {refine_time!r}")
+        if refine_time and not isinstance(cost_model, TimeCost):
+            raise ValueError(f"LGreCo refine_time needs a TimeCost cost_model, got {type(cost_model).__name__}")
+        if (isinstance(refine_momentum, bool) or not isinstance(refine_momentum, (int, float))
+                or not 0 < refine_momentum <= 1):
+            raise ValueError(f"LGreCo refine_momentum must be in (0, 1], got {refine_momentum!r}")
+        self.refine_time, self.refine_momentum = refine_time, float(refine_momentum)
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (math.isfinite(alpha) and alpha > 0):
             raise ValueError(f"LGreCo alpha must be a positive finite number, got {alpha!r}")
         if error_metric not in _METRICS:
@@ -291,6 +313,32 @@ class LGreCo:
                   solution.source, {n: str(o) for n, o in self.choices().items()})
         return solution
 
+    def refine(self, rounds: Sequence[RoundTiming]) -> None:
+        """Refine the ``TimeCost`` from measured collective rounds (``refine_time``); call it on every rank alike.
+
+        1. Each round's seconds are split among its collectives in proportion to the model's
+           predictions (:meth:`TimeCost.attribute`); 2. :meth:`TimeCost.update` blends the fits
+           in with ``refine_momentum``; 3. the stats record the rounds' measured seconds and the
+           model's predictions before and after, and the predicted costs are refreshed. No
+           rounds: nothing changes. The same rounds give the same model bits on every rank.
+        """
+        if not self.refine_time:
+            raise ValueError("LGreCo.refine needs refine_time=True")
+        if not all(isinstance(r, RoundTiming) for r in rounds):
+            raise TypeError("LGreCo.refine takes a sequence of RoundTiming")
+        if not rounds:
+            return
+        model: TimeCost = self.cost_model  # type: ignore[assignment]
+        before = sum(model.round_seconds(r.collectives, r.world_size) for r in rounds)
+        model.update([t for r in rounds for t in model.attribute(r)], self.refine_momentum)
+        after = sum(model.round_seconds(r.collectives, r.world_size) for r in rounds)
+        measured = sum(r.seconds for r in rounds)
+        self.stats.refits += 1
+        self.stats.refit_measured_s, self.stats.refit_predicted_s, self.stats.refit_refined_s = measured, before, after
+        self._refresh_predictions()
+        _log.info("L-GreCo time refit %d: %d rounds took %.4g s (slowest rank); the model predicted %.4g s, "
+                  "now %.4g s", self.stats.refits, len(rounds), measured, before, after)
+
     def load_decision(self, decision: Tensor) -> None:
         """Adopt a decision computed elsewhere (rank 0's broadcast); ``ValueError`` if it does not fit the layers."""
         if not isinstance(decision, Tensor) or decision.dtype != torch.int64 or decision.shape != self._decision.shape:
@@ -320,11 +368,15 @@ class LGreCo:
     # -- queries ---------------------------------------------------------------------------------------
 
     def config(self) -> dict[str, object]:
-        """The settings every rank must share (plain values, for a runtime's config fingerprint)."""
+        """The settings every rank must share (plain values, for a runtime's config fingerprint).
+
+        The ``refine_*`` keys appear only with ``refine_time`` (older checkpoints' configs stay valid).
+        """
+        refine = {"refine_time": True, "refine_momentum": self.refine_momentum} if self.refine_time else {}
         return {"options": [str(o) for o in self.options], "default": str(self.default_option), "period": self.period,
                 "window": self.window, "alpha": self.alpha, "bins": self.bins, "error_metric": self.error_metric,
                 "power_iterations": self.power_iterations, "seed": self.seed, "once": self.once,
-                "cost": self.cost_model.unit,
+                "cost": self.cost_model.unit, **refine,
                 "layers": list(self.layer_names)}
 
     def decision(self) -> Tensor:
@@ -345,7 +397,8 @@ class LGreCo:
     # -- checkpoints -----------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, object]:
-        return {
+        """Plain values and tensors; with ``refine_time`` also the refined time model (``"time_model"``)."""
+        state = {
             "options": [str(o) for o in self.options],
             "layers": list(self.layer_names),
             "shapes": [list(s) for s in self.shapes],
@@ -354,10 +407,14 @@ class LGreCo:
             "accumulator": self._accumulator.state_dict(),
             "stats": self.stats.as_dict(),
         }
+        if self.refine_time:
+            state["time_model"] = self.cost_model.state_dict()  # type: ignore[attr-defined]
+        return state
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
         """Restore :meth:`state_dict` (registering its layers); ``ValueError`` if options or layers differ."""
         keys = {"options", "layers", "shapes", "decision", "next_solve", "accumulator", "stats"}
+        keys |= {"time_model"} if self.refine_time else set()
         if not isinstance(state, Mapping) or set(state) != keys:
             raise ValueError(f"LGreCo state needs keys {sorted(keys)}, got {state!r:.200}")
         if list(state["options"]) != [str(o) for o in self.options]:
@@ -366,12 +423,14 @@ class LGreCo:
         if self.layer_names and (layers != self.layer_names or shapes != self.shapes):
             raise ValueError("LGreCo state is for other layers than the registered ones")
         stats = dict(state["stats"])
-        if set(stats) != set(LGreCoStats.__dataclass_fields__):
+        if not set(stats) <= set(LGreCoStats.__dataclass_fields__):  # a missing field (older checkpoint): default
             raise ValueError(f"LGreCo stats need the fields of LGreCoStats, got {sorted(stats)}")
         next_solve = _check_int(state["next_solve"], "next_solve", _HELD)
         self.register(dict(zip(layers, shapes)))
         self._accumulator.load_state_dict(state["accumulator"])
         self.load_decision(state["decision"])
+        if self.refine_time:
+            self.cost_model.load_state_dict(state["time_model"])  # type: ignore[attr-defined]
         self.stats = LGreCoStats(**stats)
         self._refresh_predictions()
         self._next_solve = next_solve

@@ -38,28 +38,47 @@ is not used. Steps ``τ = step − start_step`` count compressed steps:
 5. After the last bucket of step ``t`` (``last=True``), when a re-solve is due
    at ``τ + 1``, rank 0 decides and the decision (int64 option indices) is
    broadcast; every rank loads it, so it applies from the next step on.
+   With ``LGreCo(..., refine_time=True)`` and a clock (the DDP runtime's), every
+   rank first all-gathers the seconds of the collective rounds it timed in the
+   window (step 6), and every rank refines its ``TimeCost`` from the slowest
+   rank's seconds (:meth:`LGreCo.refine`) — identical inputs, so identical
+   models on every rank — before rank 0 re-solves.
+6. Every collective is metered (:class:`~.traffic.Meter`): ``received`` is what
+   the driver that runs the exchange moves (``driver``: ``"torch"`` for DDP and
+   the simulator, ``"mpi"``), decided per *fused* collective as the driver sees
+   it — a rank-ordered all-reduce of at least ``SPLIT_MIN_BYTES`` receives a
+   ring's ``2(n−1)·⌈P/n⌉`` under the torch driver, a smaller one ``(n−1)·P``.
+   With a ``clock``, each round of the bucket is timed from the protocol's side
+   (``collective_s``) and, with a ``TimeCost`` policy, priced
+   (``predicted_collective_s``): the model's prediction next to what it took.
+   The simulator has no clock: its rounds are not timed and a ``refine_time``
+   policy keeps the model it was given.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
-from ..adaptive import Accordion, LGreCo, Option
+from .. import ops
+from ..adaptive import Accordion, LGreCo, Option, TimeCost
+from ..adaptive.cost import RoundTiming
 from ..compress.base import Compressor, TensorContext
 from ..compress.powersgd import PowerSGD
 from ..errors import StateDivergenceError
 from ..feedback.base import ErrorFeedback, require_local_compressor
 from .collectives import AllGather, AllReduce, Broadcast, Protocol, Round, as_round
 from .merge import fuse_round, merge, split_round
+from .traffic import DRIVERS, Meter
 
 __all__ = ["ExchangeConfig", "BucketReport", "GradientExchange", "adjacent_view"]
 
 _FP32 = Option("fp32")
+_MAX_TIMED_ROUNDS = 512  # rounds a refine_time policy keeps per window (the last ones), a fixed-size all-gather
 
 
 @dataclass(frozen=True)
@@ -90,7 +109,12 @@ class ExchangeConfig:
 
 @dataclass
 class BucketReport:
-    """What one bucket's exchange cost this rank (bytes as implemented, see docs/architecture.md)."""
+    """What one bucket's exchange cost this rank (bytes as implemented, see docs/architecture.md).
+
+    ``sent`` counts the payload bytes the bucket hands to its collectives; ``received`` the
+    bytes this rank receives in all of the exchange's collectives (the policy's decision
+    broadcast and timing table included) as the driver runs them (module docstring, step 6).
+    """
 
     sent: int = 0
     received: int = 0
@@ -100,19 +124,8 @@ class BucketReport:
     non_finite: bool = False
     policy_sent: int = 0  # bytes sent for the policy's tensors (as exchanged: dense in the warm-up)
     policy_predicted: int = 0  # the same tensors priced at their current option (the policy's prediction)
-
-
-def _received(sent: int, world: int, gathered: bool) -> int:
-    """Bytes received for ``sent`` payload bytes: all-gather (n−1)·P, ring all-reduce 2(n−1)/n·P."""
-    return (world - 1) * sent if gathered else (2 * (world - 1) * sent) // world
-
-
-def _finite(x: Tensor) -> bool:
-    """No NaN or Inf in ``x``: one ``aminmax`` pass (NaN and ±Inf reach the min or the max)."""
-    if x.numel() == 0:
-        return True
-    lo, hi = torch.aminmax(x)
-    return bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))
+    collective_s: float = 0.0  # seconds of the bucket's collective rounds, timed by the exchange's clock (else 0)
+    predicted_collective_s: float = 0.0  # the same rounds priced by the policy's TimeCost (else 0)
 
 
 def adjacent_view(xs: Sequence[Tensor]) -> Tensor | None:
@@ -147,10 +160,16 @@ def _resume(protocol: Protocol, answer: object) -> Protocol:
 
 
 class GradientExchange:
-    """Per-rank engine: decides dense vs compressed per tensor and builds each bucket's protocol."""
+    """Per-rank engine: decides dense vs compressed per tensor and builds each bucket's protocol.
+
+    ``driver`` names the driver that runs the protocols (``"torch"``: DDP and the simulator;
+    ``"mpi"``), for the bytes received. ``clock`` (e.g. ``time.perf_counter``; a runtime with
+    real collectives passes one, the simulator none) times the collective rounds.
+    """
 
     def __init__(self, compressor: Compressor, rank: int, world_size: int, config: ExchangeConfig | None = None,
-                 feedback: ErrorFeedback | None = None, policy: LGreCo | None = None):
+                 feedback: ErrorFeedback | None = None, policy: LGreCo | None = None, *, driver: str = "torch",
+                 clock: Callable[[], float] | None = None):
         if not isinstance(compressor, Compressor):
             raise TypeError(f"compressor must be a commlib Compressor, got {type(compressor).__name__}")
         if policy is not None and not isinstance(policy, (LGreCo, Accordion)):
@@ -172,6 +191,12 @@ class GradientExchange:
         self._plan: dict[tuple[str, torch.Size], bool] = {}
         self.policy = policy
         self._built: dict[Option, Compressor] = {}
+        if driver not in DRIVERS:
+            raise ValueError(f"unknown driver {driver!r}; expected one of {DRIVERS}")
+        if clock is not None and not callable(clock):
+            raise TypeError(f"clock must be a callable returning seconds, got {type(clock).__name__}")
+        self.driver, self.clock = driver, clock
+        self._timed_rounds: list[RoundTiming] = []  # a refine_time policy's window of timed rounds
 
     def register(self, shapes: dict[str, torch.Size]) -> None:
         """Register with the policy the tensors it may choose for: 2-D and up, at least ``min_numel`` elements."""
@@ -236,17 +261,66 @@ class GradientExchange:
         without a copy. Otherwise the inputs are never written. ``last=True``
         marks the step's last bucket: a due policy decision follows it (step 5).
         """
-        result = yield from self._bucket(named, step, inplace)
+        meter = Meter(self.rank, self.world_size, self.driver, self.clock)
+        out, report = yield from meter.run(self._bucket(named, step, inplace))
+        self._note_rounds(meter, step, report)
         if last and self.policy is not None:
-            yield from self._adapt(step + 1 - self.config.start_step, named[0][1].device)
-        return result
+            yield from meter.run(self._adapt(step + 1 - self.config.start_step, named[0][1].device), timed=False)
+        report.received = meter.received
+        return out, report
+
+    def _time_model(self) -> TimeCost | None:
+        model = getattr(self.policy, "cost_model", None)
+        return model if isinstance(model, TimeCost) else None
+
+    def _refines(self) -> bool:
+        """Whether the policy refines its time model from this exchange's timings (it needs a clock)."""
+        return self.clock is not None and bool(getattr(self.policy, "refine_time", False))
+
+    def _note_rounds(self, meter: Meter, step: int, report: BucketReport) -> None:
+        """Report the bucket's timed and predicted round seconds; keep them for a ``refine_time`` policy's window."""
+        model = self._time_model()
+        if model is not None:
+            report.predicted_collective_s = sum(model.round_seconds(r, self.world_size) for r in meter.rounds)
+        if not meter.seconds:
+            return
+        report.collective_s = sum(meter.seconds)
+        tau = step - self.config.start_step
+        if self._refines() and tau >= 0 and self.policy.wants_gradients(tau):
+            self._timed_rounds += [RoundTiming(r, self.world_size, t) for r, t in zip(meter.rounds, meter.seconds)]
+            del self._timed_rounds[:-_MAX_TIMED_ROUNDS]
 
     def _adapt(self, tau: int, device: torch.device) -> Protocol[None]:
-        """When a re-solve is due at ``tau``: rank 0 decides, broadcasts the int64 decision, every rank loads it."""
+        """When a re-solve is due at ``tau``: rank 0 decides, broadcasts the int64 decision, every rank loads it.
+
+        With a ``refine_time`` policy every rank first refines its time model from the window's rounds.
+        """
         if tau < 0 or not self.policy.should_solve(tau):
             return
+        if self._refines():
+            self.policy.refine((yield from self._slowest_rounds(device)))
         decision = self.policy.decide(tau)  # re-solves on the rank that observed (rank 0); the others skip
         self.policy.load_decision((yield Broadcast(decision.to(device), src=0)).cpu())
+
+    def _slowest_rounds(self, device: torch.device) -> Protocol[list[RoundTiming]]:
+        """The window's timed rounds with each round's seconds maxed over ranks (then the window is cleared).
+
+        One all-gather of a fixed-size float64 table (row 0: each round's payload bytes, row 1:
+        its seconds; zeros past the last round), so every rank issues the same collective. A
+        round ends when its slowest rank's part arrives, so the maximum is the round's time. Every
+        rank timed the same collectives; a rank whose row 0 differs raises ``StateDivergenceError``.
+        """
+        rounds, self._timed_rounds = self._timed_rounds, []
+        table = torch.zeros(2, _MAX_TIMED_ROUNDS, dtype=torch.float64)
+        table[0, : len(rounds)] = torch.tensor([float(sum(p for _, p in r.collectives)) for r in rounds],
+                                               dtype=torch.float64)
+        table[1, : len(rounds)] = torch.tensor([r.seconds for r in rounds], dtype=torch.float64)
+        everyone = (yield AllGather(table.to(device))).cpu()
+        differ = [r for r in range(everyone.shape[0]) if not torch.equal(everyone[r, 0], everyone[0, 0])]
+        if differ:
+            raise StateDivergenceError(f"ranks {differ} timed other collectives than rank 0 (this is rank {self.rank})")
+        slowest = everyone[:, 1, : len(rounds)].amax(dim=0).tolist()
+        return [RoundTiming(r.collectives, r.world_size, t) for r, t in zip(rounds, slowest)]
 
     def _bucket(
         self, named: Sequence[tuple[str, Tensor]], step: int, inplace: bool
@@ -265,18 +339,18 @@ class GradientExchange:
         chosen = [choose(name, x.shape) for (name, _), x in zip(named, xs)]
         compressed = [i for i, c in enumerate(chosen) if c is not None]
         dense = sorted(set(range(len(xs))) - set(compressed))
-        bad = not all(_finite(x) for x in xs)
+        bad = not all(ops.all_finite(x) for x in xs)
         mine = self._observe(named, xs, step, bad, report) if self.policy is not None else []
 
         # Round one: the dense tensors plus the non-finite flag, fused with every compressed protocol's first round.
         flag = torch.tensor([float(bad)], device=xs[0].device)
         dense_payload = torch.cat([xs[i].reshape(-1) for i in dense] + [flag])
-        started = [self._start(chosen[i], named[i][0], torch.zeros_like(xs[i]) if bad else xs[i], step)
-                   for i in compressed]
+        started = [self._start(chosen[i], named[i][0], torch.zeros_like(xs[i]) if bad else xs[i], step,
+                               writable=inplace and not bad) for i in compressed]
         requests = [AllReduce(dense_payload, ordered=True)] + [r for _, first in started for r in as_round(first)]
         fused, slots = fuse_round(requests)
         parts = split_round((yield fused), slots)
-        self._count(report, dense_payload.numel(), gathered=True)
+        self._count(report, dense_payload.numel())
         report.dense_numel += dense_payload.numel() - 1
         total_dense = parts[0]
 
@@ -288,7 +362,7 @@ class GradientExchange:
                 return [torch.full_like(x, float("nan")) for x in xs], report
             everything = torch.cat([x.reshape(-1) for x in xs])
             total = yield AllReduce(everything, ordered=True)
-            self._count(report, everything.numel(), gathered=True)
+            self._count(report, everything.numel())
             report.policy_sent = sum(4 * xs[i].numel() for i in mine)
             return self._split(total.div_(self.world_size), xs), report
 
@@ -309,9 +383,7 @@ class GradientExchange:
         for i, mean in zip(compressed, (yield from merge(resumed))):
             out[i] = mean
             report.compressed_numel += xs[i].numel()
-            sent = chosen[i].wire_bytes(xs[i].shape).total
-            report.sent += sent
-            report.received += _received(sent, self.world_size, gathered=True)  # ordered reduces are gathers too
+            report.sent += chosen[i].wire_bytes(xs[i].shape).total
         report.policy_sent = sum(4 * xs[i].numel() if chosen[i] is None else chosen[i].wire_bytes(xs[i].shape).total
                                  for i in mine)
         if compressed and self._check_due(step):
@@ -352,10 +424,18 @@ class GradientExchange:
             self.policy.observe(tau, seen)
         return mine
 
-    def _start(self, compressor: Compressor, name: str, x: Tensor, step: int) -> tuple[Protocol, Round]:
-        """Create tensor ``name``'s compressed protocol and run it to its first request."""
+    def _start(self, compressor: Compressor, name: str, x: Tensor, step: int,
+               writable: bool = False) -> tuple[Protocol, Round]:
+        """Create tensor ``name``'s compressed protocol and run it to its first request.
+
+        ``writable``: ``x`` is handed over, so a compressor given ``x`` itself (no feedback
+        wrapper, which hands it a message instead) may write its result into it.
+        """
         ctx = self._context(name, step)
-        gen = compressor.exchange(x, ctx) if self.feedback is None else self._with_feedback(compressor, name, x, ctx)
+        if self.feedback is None:
+            gen = compressor.exchange(x, replace(ctx, writable=writable))
+        else:
+            gen = self._with_feedback(compressor, name, x, ctx)
         return gen, next(gen)
 
     def _with_feedback(self, compressor: Compressor, name: str, g: Tensor, ctx: TensorContext) -> Protocol[Tensor]:
@@ -368,10 +448,10 @@ class GradientExchange:
         mean, local = yield from compressor.exchange_local(message, ctx)
         return self.feedback.commit(name, g, local, mean)
 
-    def _count(self, report: BucketReport, numel: int, gathered: bool) -> None:
-        """Add an fp32 payload of ``numel`` elements to the bytes sent and received."""
+    @staticmethod
+    def _count(report: BucketReport, numel: int) -> None:
+        """Add an fp32 payload of ``numel`` elements to the bytes sent."""
         report.sent += 4 * numel
-        report.received += _received(4 * numel, self.world_size, gathered)
 
     def _cast_protocol(self, named, xs, step, report, inplace):
         """Casts need no per-tensor state: the whole bucket goes as one flat tensor through one native all-reduce."""
@@ -379,9 +459,7 @@ class GradientExchange:
         flat = view if view is not None else torch.cat([x.reshape(-1) for x in xs])
         owned = inplace or view is None  # a concatenation is ours to reduce in
         mean = yield from self.compressor.exchange(flat, self._context(named[0][0], step), inplace=owned)
-        sent = self.compressor.wire_bytes(flat.shape).total
-        report.sent += sent
-        report.received += _received(sent, self.world_size, gathered=False)
+        report.sent += self.compressor.wire_bytes(flat.shape).total
         report.dense_numel += flat.numel()
         return self._split(mean, xs), report
 

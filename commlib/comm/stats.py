@@ -29,6 +29,8 @@ class StepStats:
     policy_predicted_bytes: int = 0  # … and what the policy's current choices predict for them
     compute_s: float = 0.0
     comm_s: float = 0.0
+    collective_s: float = 0.0  # the exchange's collective rounds as timed by its clock (DDP; 0 in the simulator) …
+    predicted_collective_s: float = 0.0  # … and as an adaptive policy's TimeCost predicts them (0 without one)
 
     def add_report(self, report: BucketReport, compute_s: float = 0.0, comm_s: float = 0.0) -> None:
         self.buckets += 1
@@ -40,6 +42,8 @@ class StepStats:
         self.non_finite_buckets += int(report.non_finite)
         self.policy_sent_bytes += report.policy_sent
         self.policy_predicted_bytes += report.policy_predicted
+        self.collective_s += report.collective_s
+        self.predicted_collective_s += report.predicted_collective_s
         self.compute_s += compute_s
         self.comm_s += comm_s
 
@@ -97,11 +101,13 @@ class CommStats:
 
     def summary(self) -> str:
         d = self.as_dict()["per_step"]
+        timed_ms, predicted_ms = d["collective_s"] * 1e3, d["predicted_collective_s"] * 1e3
+        predicted = f", collectives {timed_ms:.2f} ms (predicted {predicted_ms:.2f} ms)" if predicted_ms else ""
         return (
             f"{self.total.steps} steps; per step: sent {d['sent_bytes'] / 1e3:.1f} kB, "
             f"received {d['received_bytes'] / 1e3:.1f} kB, dense fp32 {d['dense_fp32_bytes'] / 1e3:.1f} kB, "
             f"ratio {d['ratio_vs_fp32']:.1f}x vs fp32 ({d['ratio_vs_fp16']:.1f}x vs fp16), "
-            f"compute {d['compute_s'] * 1e3:.2f} ms, comm {d['comm_s'] * 1e3:.2f} ms"
+            f"compute {d['compute_s'] * 1e3:.2f} ms, comm {d['comm_s'] * 1e3:.2f} ms{predicted}"
         )
 
     def state_dict(self) -> dict[str, object]:

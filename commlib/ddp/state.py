@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import torch
 import torch.distributed as dist
@@ -90,6 +91,7 @@ class CommState:
                            min_numel=min_numel, feedback_warm_start=feedback_warm_start, check_every=check_every),
             feedback,
             policy,
+            clock=time.perf_counter,  # real collectives: time their rounds (stats, and a refine_time policy)
         )
         if policy is not None:
             self.exchange.register({n: p.shape for n, p in self.parameters.items() if p.requires_grad})
