@@ -71,6 +71,9 @@ class TensorContext:
     seed: int
     rank: int
     world_size: int
+    #: The input is handed over (the DDP hook's bucket, which DDP overwrites with the result anyway): the
+    #: compressor may write its result into it, once it no longer reads it, saving an allocation and a copy.
+    writable: bool = False
 
 
 class Compressor(ABC):

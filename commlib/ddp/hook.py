@@ -59,7 +59,9 @@ def hook(state: CommState, bucket: dist.GradBucket) -> torch.futures.Future[torc
         else:
             offset = 0
             for g, mean in zip(grads, means):
-                buffer[offset : offset + g.numel()].copy_(mean.reshape(-1))
+                target = buffer[offset : offset + g.numel()]
+                if mean.data_ptr() != target.data_ptr():  # else written in place already (e.g. PowerSGD)
+                    target.copy_(mean.reshape(-1))
                 offset += g.numel()
         state.stats.add_bucket(report, timing.compute_s, timing.comm_s)
         if last:

@@ -449,3 +449,42 @@ def test_error_feedback_is_part_of_the_config():
     assert on.wire_bytes(torch.Size([10, 9])) == off.wire_bytes(torch.Size([10, 9]))  # EF costs no wire bytes
     with pytest.raises(ValueError, match="error_feedback must be a bool"):
         PowerSGD(error_feedback=1)
+
+
+@pytest.mark.parametrize("error_feedback", [False, True])
+def test_writable_input_receives_the_result_with_the_same_bits(error_feedback: bool) -> None:
+    """A handed-over input (``ctx.writable``, the DDP bucket) is overwritten with the result, bit for bit the
+    result written elsewhere, over warm-started steps; without ``writable`` the input is never written."""
+    n = 3
+    kept, handed = workers(PowerSGD(2, error_feedback=error_feedback), n), workers(
+        PowerSGD(2, error_feedback=error_feedback), n)
+    for step in range(3):
+        xs = [randn(6, 2, 5, seed=10 * step + r) for r in range(n)]
+        originals = [x.clone() for x in xs]
+        plain = run_lockstep([c.exchange(x, TensorContext("w", step, 0, r, n)) for r, (c, x) in
+                              enumerate(zip(kept, xs))])
+        assert all(torch.equal(x, o) for x, o in zip(xs, originals))  # not handed over: untouched
+        inputs = [o.clone() for o in originals]
+        written = run_lockstep([c.exchange(x, TensorContext("w", step, 0, r, n, writable=True)) for r, (c, x) in
+                                enumerate(zip(handed, inputs))])
+        for x, out, ref in zip(inputs, written, plain):
+            assert out.data_ptr() == x.data_ptr() and torch.equal(x, ref)
+
+
+def test_exchange_hands_over_the_bucket_only_when_inplace() -> None:
+    """``protocol(inplace=True)`` (the DDP hook) lets PowerSGD write into the gradient itself, with the same bits
+    as ``inplace=False``, which leaves the gradient untouched; dense tensors keep their own path."""
+    from commlib.comm.exchange import ExchangeConfig, GradientExchange
+
+    def results(inplace: bool) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]]]:
+        ws = [GradientExchange(PowerSGD(rank=2), r, 2, ExchangeConfig(start_step=0)) for r in range(2)]
+        grads = [[randn(32, 24, seed=r), randn(300, seed=5 + r)] for r in range(2)]
+        outs = run_lockstep([w.protocol([("w", g[0]), ("b", g[1])], 0, inplace=inplace) for w, g in zip(ws, grads)])
+        return grads, [means for means, _ in outs]
+
+    kept_grads, kept = results(inplace=False)
+    handed_grads, handed = results(inplace=True)
+    assert all(torch.equal(g[0], randn(32, 24, seed=r)) for r, g in enumerate(kept_grads))
+    for g, means, ref in zip(handed_grads, handed, kept):
+        assert means[0].data_ptr() == g[0].data_ptr()  # the matrix's result is written into its gradient
+        assert torch.equal(means[0], ref[0]) and torch.equal(means[1], ref[1])
