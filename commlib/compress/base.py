@@ -151,7 +151,8 @@ class GatherCompressor(Compressor):
 
     def exchange(self, x: Tensor, ctx: TensorContext) -> Protocol[Tensor]:
         parts = yield from self._gather(x, ctx)
-        return self.decode_all(parts, x.shape, ctx)
+        handed_over = ctx.writable and x.dtype == torch.float32 and x.is_contiguous()
+        return self.decode_all(parts, x.shape, ctx, into=x if handed_over else None)
 
     def exchange_local(self, x: Tensor, ctx: TensorContext) -> Protocol[tuple[Tensor, Tensor]]:
         parts = yield from self._gather(x, ctx)
@@ -166,14 +167,21 @@ class GatherCompressor(Compressor):
         self.decode_add(self.encode(x, ctx), out, ctx)
         return out.view(x.shape)
 
-    def decode_all(self, parts: Tensor, shape: torch.Size, ctx: TensorContext) -> Tensor:
-        """Average the decoded payloads of all ranks (rows of ``parts``), summed in rank order."""
+    def decode_all(self, parts: Tensor, shape: torch.Size, ctx: TensorContext, into: Tensor | None = None) -> Tensor:
+        """Average the decoded payloads of all ranks (rows of ``parts``), summed in rank order.
+
+        ``into``: a handed-over contiguous float32 tensor of ``shape`` to zero and sum in (no new
+        tensor); if a later row is malformed it is left holding a partial sum, and this raises.
+        """
         expected = self.payload_bytes(shape)
         if parts.dtype != torch.uint8 or parts.dim() != 2 or parts.shape[1] != expected:
             raise WireFormatError(
                 f"{self.name}: expected uint8 payloads of {expected} bytes, got {parts.dtype} {tuple(parts.shape)}"
             )
-        out = torch.zeros(shape.numel(), dtype=torch.float32, device=parts.device)
+        if into is None:
+            out = torch.zeros(shape.numel(), dtype=torch.float32, device=parts.device)
+        else:
+            out = into.view(-1).zero_()
         for row in parts:
             self.decode_add(row, out, ctx)
         return out.div_(parts.shape[0]).view(shape)
