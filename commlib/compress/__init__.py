@@ -8,7 +8,7 @@ from .powersgd import PowerSGD
 from .qsgd import QSGD
 from .randk import RandK
 from .sign import Sign
-from .sketch import FetchSGD, Sketch
+from .sketch import FetchSGD, Sketch, SketchedSGD
 from .topk import TopK
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "RandK",
     "Sign",
     "Sketch",
+    "SketchedSGD",
     "TensorContext",
     "TopK",
     "WireBytes",

@@ -10,7 +10,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 METHODS = ["uncompressed fp32", "srht unbiased", "countsketch unbiased", "FetchSGD per tensor", "FetchSGD model-wide",
-           "FetchSGD per tensor, 1 row, k = cols", "FetchSGD per tensor, 1 row, k = cols/4", "top-k + EF14"]
+           "FetchSGD per tensor, 1 row, k = cols", "FetchSGD per tensor, 1 row, k = cols/4",
+           "2 rounds (Sketched-SGD), 1 row, k = s/2", "2 rounds (Sketched-SGD), 5 rows, k = s/2", "top-k + EF14"]
 
 
 def test_quick_run_prints_every_method_at_equal_bytes():

@@ -5,6 +5,8 @@
   rows, for error feedback: "EF-projection");
 * :class:`FetchSGD` — fixed count-sketch hashes, momentum and error inside the
   all-reduced sketch, top-k heavy hitters (Rothchild et al., ICML 2020);
+* :class:`SketchedSGD` — a sketch finds the top k, a second round fetches their
+  exact values; momentum and error on each rank (Ivkin et al., NeurIPS 2019);
 * the sketch families as linear operators (:mod:`.operators`): count sketch,
   block SRHT, block Gaussian.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 from .compressor import FAMILIES, MODES, Sketch
 from .fetchsgd import FetchSGD, unsketch_topk
 from .operators import BlockGaussianOperator, BlockSRHTOperator, CountSketchOperator, SketchOperator
+from .sketched_sgd import SketchedSGD
 
 __all__ = [
     "FAMILIES",
@@ -24,5 +27,6 @@ __all__ = [
     "FetchSGD",
     "Sketch",
     "SketchOperator",
+    "SketchedSGD",
     "unsketch_topk",
 ]
