@@ -43,6 +43,7 @@ __all__ = [
     "ScaledCodesCompressor",
     "check_density",
     "check_finite",
+    "handed_over",
 ]
 
 
@@ -74,6 +75,12 @@ class TensorContext:
     #: The input is handed over (the DDP hook's bucket, which DDP overwrites with the result anyway): the
     #: compressor may write its result into it, once it no longer reads it, saving an allocation and a copy.
     writable: bool = False
+
+
+def handed_over(x: Tensor, ctx: TensorContext) -> Tensor | None:
+    """``x`` itself when the compressor may write its float32 result into it (``ctx.writable``, and ``x`` is a
+    contiguous float32 tensor), else ``None``: then the result goes into a new tensor."""
+    return x if ctx.writable and x.dtype == torch.float32 and x.is_contiguous() else None
 
 
 class Compressor(ABC):
@@ -151,8 +158,7 @@ class GatherCompressor(Compressor):
 
     def exchange(self, x: Tensor, ctx: TensorContext) -> Protocol[Tensor]:
         parts = yield from self._gather(x, ctx)
-        handed_over = ctx.writable and x.dtype == torch.float32 and x.is_contiguous()
-        return self.decode_all(parts, x.shape, ctx, into=x if handed_over else None)
+        return self.decode_all(parts, x.shape, ctx, into=handed_over(x, ctx))
 
     def exchange_local(self, x: Tensor, ctx: TensorContext) -> Protocol[tuple[Tensor, Tensor]]:
         parts = yield from self._gather(x, ctx)

@@ -46,7 +46,7 @@ from torch import Tensor
 
 from .. import rng
 from ..comm.collectives import AllReduce, Protocol
-from .base import Compressor, TensorContext, WireBytes, check_finite
+from .base import Compressor, TensorContext, WireBytes, check_finite, handed_over
 
 __all__ = ["PowerSGD", "orthonormalize_"]
 
@@ -214,8 +214,9 @@ class PowerSGD(Compressor):
         q_sum = yield AllReduce((p.t() @ mat).t(), ordered=True)  # = Mᵀ P, reading M row by row: 1.3-1.8× faster
         check_finite(q_sum, f"powersgd Q ({ctx.key})")
         q = q_sum / ctx.world_size
-        if ctx.writable and x.dtype == torch.float32 and x.is_contiguous():
-            out = torch.matmul(p, q.t(), out=x.view(n_rows, m))  # x is no longer read: no new gradient-sized tensor
+        target = handed_over(x, ctx)
+        if target is not None:  # x is no longer read: no new gradient-sized tensor
+            out = torch.matmul(p, q.t(), out=target.view(n_rows, m))
         else:
             out = p @ q.t()
         self._q[ctx.key] = q
