@@ -17,12 +17,7 @@ CONFIGS = [dict(family="srht"), dict(family="srht", mode="projection"), dict(fam
            dict(family="gaussian")]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def grads(n: int, shape: tuple, seed: int = 0) -> list[torch.Tensor]:

@@ -16,13 +16,7 @@ from commlib.compress import TensorContext
 from commlib.compress.sketch import FetchSGD, unsketch_topk
 from commlib.errors import WireFormatError
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @settings(max_examples=40, deadline=None)

@@ -17,13 +17,7 @@ from commlib.ops import reference
 FAMILIES = [("srht", 1), ("countsketch", 1), ("countsketch", 3), ("gaussian", 1)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small sketches run fastest on one thread (a busy machine makes parallel regions slow)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ctx(step: int = 0, key: str = "w", seed: int = 0, rank: int = 0, world: int = 1) -> TensorContext:

@@ -16,13 +16,7 @@ from commlib.compress import TensorContext
 from commlib.compress.sketch import SketchedSGD
 from commlib.errors import WireFormatError
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_steps(c: SketchedSGD, per_step: list[list[torch.Tensor]], seed: int = 1) -> tuple[list, list]:

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from hash_oracle import py_stream_hash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -119,23 +120,6 @@ ENCODERS = [("reference", reference.qsgd_encode), ("wrapper", ops.qsgd_encode)]
 
 
 # ---------------------------------------------------------------- plain-Python oracle of csrc/qsgd.h
-
-M32 = 0xFFFFFFFF
-
-
-def py_fmix32(h: int) -> int:
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & M32
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & M32
-    return h ^ (h >> 16)
-
-
-def py_stream_hash(seed: int, i: int) -> int:
-    seed &= 2**64 - 1
-    key32 = py_fmix32((seed & M32) ^ py_fmix32((seed >> 32) ^ 0x5BD1E995))
-    return py_fmix32((i * 0x9E3779B1 + key32) & M32)
-
 
 def py_codes(x: list[float], bucket_size: int, levels: int, max_norm: bool, seed: int) -> list[int]:
     """csrc/qsgd.h's formulas, element by element, with numpy float32 scalars for the float32 steps."""

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from hash_oracle import py_hash32
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +18,6 @@ from commlib.ops import reference
 needs_extension = pytest.mark.skipif(ops.backend() == "reference", reason="commlib._C is not loaded")
 
 P = 2**31 - 1
-M32 = 0xFFFFFFFF
 
 
 def bits_of(t: torch.Tensor) -> torch.Tensor:
@@ -25,20 +25,6 @@ def bits_of(t: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- plain-Python oracles of csrc/hash.h, csrc/sketch.h
-
-
-def py_fmix32(h: int) -> int:
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & M32
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & M32
-    return h ^ (h >> 16)
-
-
-def py_hash32(key: int, i: int) -> int:
-    key &= 2**64 - 1
-    h = py_fmix32(((i & M32) * 0x9E3779B1 + (key & M32)) & M32)
-    return py_fmix32(h ^ (key >> 32) ^ (((i >> 32) * 0x85EBCA77) & M32))
 
 
 def py_row(seed: int, j: int) -> tuple[int, ...]:
