@@ -3,8 +3,12 @@
 For each log (labelled by its file name): training loss (moving average over
 ``--smooth`` steps), test accuracy at the evaluated steps, megabytes sent by the rank
 (cumulative) and wall time per step, each against the step — four panels in one PNG
-(matplotlib, Agg). A panel no log has figures for says so. A table on stdout gives each
-log's steps, final loss and accuracy, total MB sent and median step time.
+(matplotlib, Agg). A panel no log has figures for says so. Logs of an adaptive policy with
+a time model add a fifth panel: the collective time per step as measured (solid) and as
+predicted (dashed), from the records' ``collective_s`` and ``predicted_collective_s``
+(all-zero series — no clock, no prediction, older logs without them — are left out).
+A table on stdout gives each log's steps, final loss and accuracy, total MB sent and
+median step time.
 
 Example::
 
@@ -27,11 +31,16 @@ __all__ = ["build_parser", "main", "summarize"]
 
 PANELS = (("loss", "training loss"), ("accuracy", "test accuracy"), ("sent_mb", "MB sent (cumulative)"),
           ("step_ms", "step time (ms)"))
+COLLECTIVE_PANEL = ("collective_ms", "collective time per step (ms)")
+#: curve key -> (record field, line style, legend suffix); both curves go to the collective panel
+COLLECTIVE_CURVES = {"collective_ms": ("collective_s", "-", "measured"),
+                     "predicted_collective_ms": ("predicted_collective_s", "--", "predicted")}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="commlib report", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Plot loss, accuracy, bytes sent and step time from JSON-lines logs.",
+                                description="Plot loss, accuracy, bytes sent and step time (and, where logged, "
+                                            "measured vs predicted collective time) from JSON-lines logs.",
                                 epilog="example:\n  commlib report fp32.jsonl topk.jsonl --out report.png")
     p.add_argument("logs", nargs="+", type=Path, metavar="LOG.jsonl", help="logs of commlib train --log-jsonl")
     p.add_argument("--out", type=Path, required=True, metavar="PLOT.png", help="where the figure goes")
@@ -47,7 +56,7 @@ def _series(records: list[dict[str, object]], key: str) -> tuple[np.ndarray, np.
 
 
 def curves(records: list[dict[str, object]], smooth: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The plotted curves of one log, by panel key (a panel without data is left out)."""
+    """The plotted curves of one log, by panel key or :data:`COLLECTIVE_CURVES` key (those without data left out)."""
     out = {}
     steps, loss = _series(records, "loss")
     if len(loss):
@@ -58,6 +67,10 @@ def curves(records: list[dict[str, object]], smooth: int) -> dict[str, tuple[np.
         steps, values = _series(records, source)
         if len(values):
             out[key] = (steps, (np.cumsum(values) if cumulative else values) * scale)
+    for key, (source, *_) in COLLECTIVE_CURVES.items():
+        steps, values = _series(records, source)
+        if values.any():
+            out[key] = (steps, values * 1e3)
     return out
 
 
@@ -90,13 +103,21 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(exc))
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(12, 7.5), layout="constrained")
-    axes = dict(zip((key for key, _ in PANELS), fig.subplots(2, 2).ravel()))
-    for label, records in logs.items():
-        for key, (steps, values) in curves(records, args.smooth).items():
-            style = {"marker": "o"} if key == "accuracy" else {}
-            axes[key].plot(steps, values, label=label, **style)
-    for key, title in PANELS:
+    plotted = {label: curves(records, args.smooth) for label, records in logs.items()}
+    panels = PANELS + ((COLLECTIVE_PANEL,) if any(set(c) & set(COLLECTIVE_CURVES) for c in plotted.values()) else ())
+    fig = Figure(figsize=(12 if len(panels) == 4 else 18, 7.5), layout="constrained")
+    axes = dict(zip((key for key, _ in panels), fig.subplots(2, 2 if len(panels) == 4 else 3).ravel()))
+    for index, (label, log_curves) in enumerate(plotted.items()):
+        for key, (steps, values) in log_curves.items():
+            style = {"color": f"C{index % 10}", "marker": "o" if key == "accuracy" else None}
+            if key in COLLECTIVE_CURVES:  # measured and predicted share the log's colour and panel
+                _, linestyle, suffix = COLLECTIVE_CURVES[key]
+                axes[COLLECTIVE_PANEL[0]].plot(steps, values, label=f"{label} ({suffix})", linestyle=linestyle, **style)
+            else:
+                axes[key].plot(steps, values, label=label, **style)
+    if len(panels) == 5:
+        fig.delaxes(fig.axes[-1])  # the sixth cell of the 2 × 3 grid stays empty
+    for key, title in panels:
         ax = axes[key]
         ax.set(xlabel="step", title=title)
         if ax.lines:

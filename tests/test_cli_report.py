@@ -12,13 +12,19 @@ from commlib.cli_report import curves
 from commlib.train.logs import read_jsonl
 
 
-def write_log(path, steps: int, sent: int, accuracy_every: int = 0) -> None:
+def write_log(path, steps: int, sent: int, accuracy_every: int = 0, collective: dict | None = None) -> None:
+    """``collective`` (``{field: seconds per step}``) adds those fields to the records."""
     with path.open("w") as f:
         for step in range(steps):
             record = {"step": step, "loss": 2.0 / (step + 1), "step_s": 0.01 * (step + 1), "sent_bytes": sent}
             if accuracy_every and (step + 1) % accuracy_every == 0:
                 record["accuracy"] = 0.5 + step / 100
+            record.update({field: seconds[step] for field, seconds in (collective or {}).items()})
             f.write(json.dumps(record) + "\n")
+
+
+def png_width(path) -> int:
+    return int.from_bytes(path.read_bytes()[16:20], "big")  # the IHDR chunk's width
 
 
 def test_report_plots_and_summarizes(tmp_path, capsys):
@@ -44,6 +50,37 @@ def test_curves_smooth_the_loss_and_accumulate_bytes(tmp_path):
     assert got["sent_mb"][1].tolist() == [2, 4, 6, 8, 10, 12]
     assert np.allclose(got["step_ms"][1], [10, 20, 30, 40, 50, 60])
     assert "accuracy" not in got
+
+
+def test_predicted_and_measured_collective_time_get_their_own_panel(tmp_path, capsys):
+    timed, plain, png = tmp_path / "lgreco.jsonl", tmp_path / "fp32.jsonl", tmp_path / "report.png"
+    write_log(timed, 5, 1000, collective={"collective_s": [0.004, 0.005, 0.006, 0.007, 0.008],
+                                          "predicted_collective_s": [0.003, 0.004, 0.005, 0.006, 0.007]})
+    write_log(plain, 5, 4000)
+    got = curves(read_jsonl(timed), smooth=1)
+    assert np.allclose(got["collective_ms"][1], [4, 5, 6, 7, 8])
+    assert np.allclose(got["predicted_collective_ms"][1], [3, 4, 5, 6, 7])
+    assert got["collective_ms"][0].tolist() == list(range(5))
+    assert cli.main(["report", str(plain), str(timed), "--out", str(png)]) == 0
+    five_panels = png_width(png)
+    assert cli.main(["report", str(plain), "--out", str(png)]) == 0
+    assert five_panels > png_width(png)  # the collective panel widens the grid to 2 × 3
+    assert [line.split()[:2] for line in capsys.readouterr().out.splitlines() if line.startswith("lgreco")] == [
+        ["lgreco", "5"]]
+
+
+def test_all_zero_collective_times_are_not_plotted(tmp_path):
+    """Zeros mean "not timed" (the simulator has no clock) or "not predicted" (no policy): no flat lines."""
+    path = tmp_path / "sim.jsonl"
+    with path.open("w") as f:
+        for step in range(4):
+            record = {"step": step, "loss": 1.0, "collective_s": 0.0, "predicted_collective_s": 0.0}
+            f.write(json.dumps(record) + "\n")
+    got = curves(read_jsonl(path), smooth=1)
+    assert "collective_ms" not in got and "predicted_collective_ms" not in got
+    write_log(path, 4, 1000, collective={"collective_s": [0.0] * 4, "predicted_collective_s": [0.0, 0.0, 0.002, 0.003]})
+    got = curves(read_jsonl(path), smooth=1)  # a simulated policy: predicted after its warm-up, never timed
+    assert "collective_ms" not in got and np.allclose(got["predicted_collective_ms"][1], [0, 0, 2, 3])
 
 
 def test_bad_input_is_named(tmp_path, capsys):

@@ -3,8 +3,11 @@
 A record is one flat JSON object per step: ``step`` and ``loss``, the step's
 communication figures when the hook keeps :class:`~commlib.comm.stats.CommStats`
 (``sent_bytes``, ``received_bytes``, ``dense_fp32_bytes``, ``ratio_vs_fp32``, ``compute_s``
-— encode and decode —, ``comm_s``), the step's wall time ``step_s``, and ``accuracy`` at
-evaluation steps. Non-finite numbers are written as ``null`` (strict JSON).
+— encode and decode —, ``comm_s``; an adaptive policy's predicted bytes and collective
+seconds next to the realized ones: ``policy_predicted_bytes`` and ``policy_sent_bytes``,
+``predicted_collective_s`` and ``collective_s``, zero where nothing predicts or times them),
+the step's wall time ``step_s``, and ``accuracy`` at evaluation steps. Non-finite numbers
+are written as ``null`` (strict JSON).
 :func:`read_jsonl` reads a log back and names the file and line of a malformed record.
 """
 
@@ -19,7 +22,8 @@ from ..comm.stats import StepStats
 
 __all__ = ["JsonLinesLog", "StepLog", "TensorBoardLog", "read_jsonl", "step_record", "tensorboard_available"]
 
-STATS_FIELDS = ("sent_bytes", "received_bytes", "dense_fp32_bytes", "compute_s", "comm_s")
+STATS_FIELDS = ("sent_bytes", "received_bytes", "dense_fp32_bytes", "compute_s", "comm_s",
+                "policy_predicted_bytes", "policy_sent_bytes", "predicted_collective_s", "collective_s")
 
 
 class StepLog(Protocol):

@@ -1,15 +1,8 @@
-"""Shared fixtures of the coded runtime's tests."""
-
-from __future__ import annotations
+"""Many tiny backward passes (and worker threads): every test here runs on one intra-op thread."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Many tiny backward passes (and worker threads): intra-op threads only add contention on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _every_test_on_one_thread(one_thread: None) -> None:
+    """Requests ``one_thread`` (tests/conftest.py) for each test of this directory."""

@@ -14,14 +14,7 @@ from commlib.privacy import DPSketch
 from commlib.sim import Simulator
 
 SHAPES = {"fc.bias": (7,), "small.weight": (3, 4), "big.weight": (64, 64)}  # 1-D, small, large
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: one intra-op thread per test
 
 
 def mechanism() -> DPSketch:

@@ -12,13 +12,7 @@ from commlib.privacy.attacks import reconstruct, sketched_gradient
 from commlib.train import load_digits
 from commlib.train.models import init_
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: one intra-op thread per test
 
 
 def test_reconstruction_succeeds_without_noise_and_fails_with_dp():

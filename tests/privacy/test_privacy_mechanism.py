@@ -13,13 +13,7 @@ from commlib.feedback import EF14
 from commlib.privacy import DPSketch, clip_per_sample, clip_update, per_sample_gradients
 from commlib.sim import Simulator
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: one intra-op thread per test
 
 
 def dp_simulator(n: int, **kwargs) -> Simulator:

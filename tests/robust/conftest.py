@@ -1,14 +1,8 @@
-"""Tiny tensors throughout: one intra-op thread is faster and steadier on a busy machine (restored per module)."""
-
-from __future__ import annotations
+"""Tiny tensors throughout: every test here runs on one intra-op thread (``one_thread`` of tests/conftest.py)."""
 
 import pytest
-import torch
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+@pytest.fixture(autouse=True)
+def _every_test_on_one_thread(one_thread: None) -> None:
+    """Requests ``one_thread`` for each test of this directory."""

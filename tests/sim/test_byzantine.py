@@ -22,14 +22,7 @@ from commlib.sim.byzantine import ByzantineConfig, simulate_byzantine
 from commlib.train.data import load_digits
 from commlib.train.models import mlp
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: one intra-op thread per test
 
 
 @pytest.fixture(scope="module")

@@ -26,15 +26,6 @@ from commlib.train.models import mlp
 PAPER = ["none", "gc:15", "sr-sgc:2,3,23", "m-sgc:1,2,27"]
 
 
-@pytest.fixture
-def one_thread():
-    """Hundreds of tiny backward passes: intra-op threads only add contention on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def lambda_like() -> ParametricDelays:
     return ParametricDelays(1.2, 2.2, Noise("lognormal", 0.2, 0.98), Noise("exponential", 0.5))
 
