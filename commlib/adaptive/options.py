@@ -11,14 +11,21 @@ family   parameter                compressor
 topk     ``(density,)``           :class:`~commlib.compress.TopK` ``(density)``
 qsgd     ``(bits, bucket, norm)`` :class:`~commlib.compress.QSGD` ``(bits, bucket_size, norm)``
 powersgd ``(rank,)``              :class:`~commlib.compress.PowerSGD` ``(rank)``
+powersgd ``(rank, "ef")``         :class:`~commlib.compress.PowerSGD` ``(rank, error_feedback=True)``
 fp16     ``()``                   :class:`~commlib.compress.FP16`
 bf16     ``()``                   :class:`~commlib.compress.BF16`
 fp32     ``()``                   :class:`~commlib.compress.Identity` (no compression)
 ======== ======================== =================================================
 
 Families may be mixed freely per layer. The text form (``"topk:0.01"``,
-``"qsgd:4x128"``, ``"qsgd:4x128:max"``, ``"powersgd:4"``, ``"fp16"``) is what
-logs and checkpoints store; :meth:`Option.parse` reads it back.
+``"qsgd:4x128"``, ``"qsgd:4x128:max"``, ``"powersgd:4"``, ``"powersgd:4:ef"``,
+``"fp16"``) is what logs and checkpoints store; :meth:`Option.parse` reads it back.
+
+PowerSGD's error feedback is its own (a commlib ``feedback=`` wrapper needs a
+local ``C(x)``, which PowerSGD has not), so it is part of the option: a layer
+moved between ``powersgd:r:ef`` ranks keeps its error buffer (and its ``Q``
+columns); a layer moved to another family keeps the buffer pending, and it is
+added back when the layer returns to PowerSGD with error feedback.
 """
 
 from __future__ import annotations
@@ -59,9 +66,11 @@ class Option:
             raise ValueError(f"unknown compression family {self.family!r}; expected one of {FAMILIES}")
         if not isinstance(self.param, tuple):
             raise ValueError(f"Option param must be a tuple, got {type(self.param).__name__}")
-        arity = {"topk": 1, "qsgd": 3, "powersgd": 1}.get(self.family, 0)
-        if len(self.param) != arity:
-            raise ValueError(f"{self.family} takes {arity} parameter(s), got {self.param!r}")
+        arity = {"topk": (1,), "qsgd": (3,), "powersgd": (1, 2)}.get(self.family, (0,))
+        if len(self.param) not in arity:
+            raise ValueError(f"{self.family} takes {' or '.join(map(str, arity))} parameter(s), got {self.param!r}")
+        if self.family == "powersgd" and self.param[1:] not in ((), ("ef",)):
+            raise ValueError(f"powersgd's second parameter can only be 'ef' (error feedback), got {self.param!r}")
         object.__setattr__(self, "_probe", self.build())  # validates; used only for stateless queries
 
     # -- constructors ---------------------------------------------------------------------------------
@@ -75,8 +84,11 @@ class Option:
         return cls("qsgd", (bits, bucket_size, norm))
 
     @classmethod
-    def powersgd(cls, rank: int) -> Option:
-        return cls("powersgd", (rank,))
+    def powersgd(cls, rank: int, error_feedback: bool = False) -> Option:
+        """PowerSGD of ``rank``; ``error_feedback=True`` is ``"powersgd:RANK:ef"`` (PowerSGD's own feedback)."""
+        if not isinstance(error_feedback, bool):
+            raise ValueError(f"powersgd error_feedback must be a bool, got {error_feedback!r}")
+        return cls("powersgd", (rank, "ef") if error_feedback else (rank,))
 
     @classmethod
     def cast(cls, family: str) -> Option:
@@ -87,7 +99,7 @@ class Option:
 
     @classmethod
     def parse(cls, text: str | Option) -> Option:
-        """Read the text form (``"topk:0.01"``, ``"qsgd:4x128[:max]"``, ``"powersgd:4"``, ``"fp16"``)."""
+        """Read the text form (``"topk:0.01"``, ``"qsgd:4x128[:max]"``, ``"powersgd:4[:ef]"``, ``"fp16"``)."""
         if isinstance(text, Option):
             return text
         if not isinstance(text, str):
@@ -97,7 +109,10 @@ class Option:
             if family == "topk":
                 return cls.topk(float(rest))
             if family == "powersgd":
-                return cls.powersgd(int(rest))
+                rank, _, flag = rest.partition(":")
+                if flag not in ("", "ef"):
+                    raise ValueError(f"the flag after the rank can only be 'ef', got {flag!r}")
+                return cls.powersgd(int(rank), error_feedback=flag == "ef")
             if family == "qsgd":
                 spec, _, norm = rest.partition(":")
                 bits, _, bucket = spec.partition("x")
@@ -113,7 +128,7 @@ class Option:
             short = f"{self.param[0]:g}"
             return f"topk:{short if float(short) == self.param[0] else repr(float(self.param[0]))}"  # exact
         if self.family == "powersgd":
-            return f"powersgd:{self.param[0]}"
+            return f"powersgd:{self.param[0]}" + (":ef" if self.error_feedback else "")
         if self.family == "qsgd":
             bits, bucket, norm = self.param
             return f"qsgd:{bits}x{bucket}" + ("" if norm == "l2" else f":{norm}")
@@ -129,8 +144,13 @@ class Option:
             bits, bucket, norm = self.param
             return QSGD(bits=bits, bucket_size=bucket, norm=norm)
         if self.family == "powersgd":
-            return PowerSGD(rank=self.param[0])
+            return PowerSGD(rank=self.param[0], error_feedback=self.error_feedback)
         return _CASTS[self.family]()
+
+    @property
+    def error_feedback(self) -> bool:
+        """True for ``powersgd:RANK:ef``: the compressor keeps its own error-feedback buffers."""
+        return self.family == "powersgd" and self.param[1:] == ("ef",)
 
     @property
     def is_cast(self) -> bool:
@@ -181,12 +201,16 @@ def option_grid(
     qsgd_buckets: Iterable[int] = (128,),
     qsgd_norm: str = "l2",
     powersgd: Iterable[int] = (),
+    powersgd_error_feedback: bool = False,
     casts: Iterable[str] = ("fp32",),
 ) -> list[Option]:
-    """The cross product of the given parameters, family by family (QSGD: bits × bucket sizes)."""
+    """The cross product of the given parameters, family by family (QSGD: bits × bucket sizes).
+
+    ``powersgd_error_feedback=True`` makes every PowerSGD rank ``powersgd:RANK:ef``.
+    """
     options = [Option.topk(d) for d in topk]
     options += [Option.qsgd(b, s, qsgd_norm) for b in qsgd_bits for s in qsgd_buckets]
-    options += [Option.powersgd(r) for r in powersgd]
+    options += [Option.powersgd(r, powersgd_error_feedback) for r in powersgd]
     options += [Option.cast(c) for c in casts]
     if len(set(options)) != len(options):
         raise ValueError(f"duplicate options in the grid: {[str(o) for o in options]}")
@@ -196,13 +220,14 @@ def option_grid(
 def default_grid(default: Option | str) -> list[Option]:
     """Candidates around a default setting, in its own family, plus ``fp32`` (the fallback for every layer).
 
-    PowerSGD rank r: :func:`rank_range` (``[r/2, 2r]``, the paper's γ = 0.5, β = 2).
+    PowerSGD rank r: :func:`rank_range` (``[r/2, 2r]``, the paper's γ = 0.5, β = 2), with
+    error feedback when the default has it.
     Top-k density d: ``d·{1/4, 1/2, 1, 2, 4}`` capped at 1. QSGD ``bits×bucket``:
     bits 2, 4, 8 at that bucket size. A cast: the three casts.
     """
     opt = Option.parse(default)
     if opt.family == "powersgd":
-        grid = option_grid(powersgd=rank_range(opt.param[0]))
+        grid = option_grid(powersgd=rank_range(opt.param[0]), powersgd_error_feedback=opt.error_feedback)
     elif opt.family == "topk":
         densities = sorted({min(1.0, opt.param[0] * f) for f in (0.25, 0.5, 1.0, 2.0, 4.0)})
         grid = option_grid(topk=densities)

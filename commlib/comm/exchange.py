@@ -212,14 +212,27 @@ class GradientExchange:
     def _build(self, option: Option) -> Compressor:
         """The compressor of ``option``, built once (its per-tensor state persists across re-solves).
 
-        All PowerSGD ranks share one warm-start store, so a tensor whose rank
-        changes keeps its ``Q`` columns (:meth:`PowerSGD.resized`).
+        All PowerSGD ranks with the same error-feedback setting share one store,
+        so a tensor whose rank changes keeps its ``Q`` columns and its error
+        buffer (:meth:`PowerSGD.resized`).
         """
         if option not in self._built:
-            peer = next((c for c in self._built.values() if isinstance(c, PowerSGD)), None)
+            peer = next((c for c in self._built.values() if isinstance(c, PowerSGD)
+                         and c.error_feedback == option.error_feedback), None)
             shared = option.family == "powersgd" and peer is not None
             self._built[option] = peer.resized(option.param[0]) if shared else option.build()
         return self._built[option]
+
+    def _powersgd_errors(self, names: Sequence[str], shapes: Sequence[torch.Size]) -> dict[str, Tensor]:
+        """The pending error-feedback buffers of PowerSGD options (``powersgd:r:ef``) for ``names``, by name."""
+        errors: dict[str, Tensor] = {}
+        for compressor in self._built.values():
+            if isinstance(compressor, PowerSGD):
+                for name, shape in zip(names, shapes):
+                    e = compressor.error(name)
+                    if e is not None and name not in errors:
+                        errors[name] = e.view(shape)
+        return errors
 
     def _chooser(self, step: int):
         """``(name, shape) → compressor or None (dense)`` for ``step``; the policy's choices are read once."""
@@ -416,12 +429,14 @@ class GradientExchange:
         report.policy_predicted = sum(choices[named[i][0]].wire_bytes(xs[i].shape) for i in mine)
         tau = step - self.config.start_step
         if self.rank == 0 and mine and not bad and tau >= 0 and self.policy.wants_gradients(tau):
-            if self.feedback is None:
+            if self.feedback is None:  # PowerSGD's own error feedback, where a layer has some pending
                 seen = {named[i][0]: xs[i] for i in mine}
+                errors = self._powersgd_errors([named[i][0] for i in mine], [xs[i].shape for i in mine])
+                self.policy.observe(tau, seen, errors or None)
             else:
                 seen = {named[i][0]: self.feedback.message(named[i][0], xs[i], self._context(named[i][0], step))
                         for i in mine}
-            self.policy.observe(tau, seen)
+                self.policy.observe(tau, seen)
         return mine
 
     def _start(self, compressor: Compressor, name: str, x: Tensor, step: int,

@@ -185,6 +185,10 @@ class PowerSGD(Compressor):
         else:
             self._scratch.pop(key, None)
 
+    def error(self, key: str) -> Tensor | None:
+        """This rank's pending error-feedback buffer of ``key`` (its ``n × m`` matrix view; not a copy), or None."""
+        return self._e.get(key)
+
     def resized(self, rank: int) -> PowerSGD:
         """A PowerSGD of another ``rank`` (same settings) sharing this one's warm-start and error stores.
 

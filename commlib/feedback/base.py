@@ -58,7 +58,8 @@ def require_local_compressor(compressor: object) -> Compressor:
         raise ValueError(
             f"error feedback needs a compressor with a local compress(x, ctx) (TopK, RandK, QSGD, Sign); "
             f"{type(compressor).__name__} ({name!r}) has none"
-            + ("; PowerSGD has its own: PowerSGD(rank, error_feedback=True)" if name == "powersgd" else "")
+            + ("; PowerSGD has its own: PowerSGD(rank, error_feedback=True), or the option 'powersgd:RANK:ef'"
+               if name == "powersgd" else "")
         )
     return compressor  # type: ignore[return-value]
 

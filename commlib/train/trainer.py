@@ -272,7 +272,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> tuple[TrainSettings, ar
                 Option.parse(spec)
             except ValueError:
                 parser.error(f"--policy {args.policy}: {flag} {spec} is not a policy option "
-                             "(topk:D, qsgd:BITS, powersgd:RANK, fp16, bf16, fp32)")
+                             "(topk:D, qsgd:BITS, powersgd:RANK[:ef], fp16, bf16, fp32)")
     elif args.accordion_heavy is not None:
         parser.error("--accordion-heavy applies only with --policy accordion")
     if args.spawn is not None and args.byzantine and max(args.byzantine) >= args.spawn:

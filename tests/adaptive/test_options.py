@@ -18,6 +18,7 @@ SHAPES = [(7,), (64, 33), (16, 3, 3, 3), (1, 5000)]
         ("qsgd:4x128", QSGD(bits=4, bucket_size=128)),
         ("qsgd:2x512:max", QSGD(bits=2, bucket_size=512, norm="max")),
         ("powersgd:4", PowerSGD(rank=4)),
+        ("powersgd:4:ef", PowerSGD(rank=4, error_feedback=True)),
         ("fp16", FP16()),
         ("bf16", BF16()),
         ("fp32", Identity()),
@@ -66,6 +67,8 @@ def test_casts_apply_to_every_shape_and_powersgd_needs_a_matrix():
         ("qsgd:4x0", "bucket_size"),
         ("qsgd:4x128:l1", "norm"),
         ("powersgd:0", "rank"),
+        ("powersgd:4:xy", "only be 'ef'"),
+        ("powersgd:4:ef:ef", "only be 'ef'"),
         ("fp16:2", "cannot parse"),
     ],
 )
@@ -83,6 +86,25 @@ def test_raw_constructor_validates():
         Option("topk", [0.1])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="cast family"):
         Option.cast("topk")
+    with pytest.raises(ValueError, match="can only be 'ef'"):
+        Option("powersgd", (4, "fb"))
+    with pytest.raises(ValueError, match="takes 1 or 2 parameter"):
+        Option("powersgd", (4, "ef", "ef"))
+    with pytest.raises(ValueError, match="error_feedback must be a bool"):
+        Option.powersgd(4, error_feedback=1)  # type: ignore[arg-type]
+
+
+def test_powersgd_error_feedback_is_part_of_the_option():
+    plain, ef = Option.powersgd(4), Option.powersgd(4, error_feedback=True)
+    assert plain != ef and not plain.error_feedback and ef.error_feedback
+    assert not Option.topk(0.1).error_feedback
+    assert ef.build().error_feedback and not plain.build().error_feedback
+    assert ef.wire_bytes((64, 33)) == plain.wire_bytes((64, 33))  # feedback sends nothing extra
+    assert ef.rounds == 2 and ef.ordered and ef.collective == "allreduce"
+    assert [str(o) for o in default_grid("powersgd:2:ef")] == ["powersgd:1:ef", "powersgd:2:ef", "powersgd:3:ef",
+                                                               "powersgd:4:ef", "fp32"]
+    assert [str(o) for o in option_grid(powersgd=(1, 2), powersgd_error_feedback=True, casts=())] == [
+        "powersgd:1:ef", "powersgd:2:ef"]
 
 
 def test_grids():

@@ -116,3 +116,56 @@ def test_exchange_switch_keeps_the_error_feedback_buffers() -> None:
     ctxs = [TensorContext(KEY, 3, SEED, r, 2) for r in range(2)]
     expected = sum(TopK(density=0.2).compress(m, c) for m, c in zip(messages, ctxs)) / 2
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_powersgd_error_feedback_option_keeps_its_error_across_a_rank_change() -> None:
+    """``powersgd:r:ef`` ranks share one error store: after 2 → 4 the exchange adds the rank-2 step's error."""
+    workers = _policy_workers(2, ["powersgd:2:ef", "powersgd:4:ef", "powersgd:4", "fp32"])
+    for step in (1, 2):
+        _run(workers, step, seed=10 * step)
+    options = workers[0].state_dict()["options"]
+    errors = [w.state_dict()["options"]["powersgd:2:ef"]["e"][KEY] for w in workers]
+    assert all(float(e.norm()) > 0 for e in errors)
+    q_before = options["powersgd:2:ef"]["q"][KEY]
+    for w in workers:
+        w.policy.load_decision(torch.tensor([1]))  # powersgd:4:ef
+    out = _run(workers, 3, seed=30)
+    fresh = torch.randn(SHAPE[1], 4, generator=rng.generator(SEED, 3, KEY))
+    messages = torch.stack([e + g for e, g in zip(errors, _grads(2, 30))])
+    assert torch.equal(out, _warm_from(torch.cat([q_before, fresh[:, 2:]], dim=1), messages, step=3))
+    after = workers[0].state_dict()["options"]
+    assert "e" in after["powersgd:4:ef"] and "powersgd:4" not in after  # the plain rank-4 store was never built
+    assert torch.equal(after["powersgd:4:ef"]["e"][KEY], after["powersgd:2:ef"]["e"][KEY])  # one shared store
+
+
+def test_plain_and_error_feedback_powersgd_options_keep_separate_stores() -> None:
+    workers = _policy_workers(2, ["powersgd:2:ef", "powersgd:2", "fp32"])
+    _run(workers, 1, seed=10)
+    for w in workers:
+        w.policy.load_decision(torch.tensor([1]))  # powersgd:2, no feedback: the error stays pending
+    _run(workers, 2, seed=20)
+    options = workers[0].state_dict()["options"]
+    assert "e" not in options["powersgd:2"] and float(options["powersgd:2:ef"]["e"][KEY].norm()) > 0
+
+
+class _RecordingLGreCo(LGreCo):
+    """L-GreCo that also keeps what it was shown (the window's gradients and their pending feedback)."""
+
+    def observe(self, step, grads, feedback=None):  # type: ignore[no-untyped-def]
+        self.seen = ({k: v.clone() for k, v in grads.items()}, {k: v.clone() for k, v in (feedback or {}).items()})
+        return super().observe(step, grads, feedback)
+
+
+def test_the_policy_observes_gradients_with_powersgds_pending_error() -> None:
+    """L-GreCo measures errors on ``g + e`` (the paper's accumulated gradient), PowerSGD's own ``e`` included."""
+    options = ["powersgd:2:ef", "powersgd:4:ef", "fp32"]
+    policy = _RecordingLGreCo(period=3, window=3, options=options, default_option=options[0])
+    workers = [GradientExchange(Identity(), r, 2, ExchangeConfig(seed=SEED, start_step=1), None,
+                                copy.deepcopy(policy)) for r in range(2)]
+    for w in workers:
+        w.register({KEY: torch.Size(SHAPE)})
+    _run(workers, 1, seed=10)  # compressed from step 1: an error is pending after it
+    pending = workers[0].state_dict()["options"]["powersgd:2:ef"]["e"][KEY]
+    _run(workers, 2, seed=20)
+    grads, errors = workers[0].policy.seen
+    assert torch.equal(grads[KEY], _grads(2, 20)[0]) and torch.equal(errors[KEY], pending.view(SHAPE))

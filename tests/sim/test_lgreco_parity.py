@@ -21,6 +21,7 @@ WORLD = 4
 POLICIES = {
     "topk+econtrol": ({"default_option": "topk:0.1", "alpha": 2.0}, EControl(eta=0.025)),
     "powersgd": ({"default_option": "powersgd:4"}, None),
+    "powersgd+ef": ({"default_option": "powersgd:4:ef"}, None),  # PowerSGD's own error feedback, kept across ranks
 }
 
 

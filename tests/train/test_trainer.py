@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from train.trainer_workers import straight_then_resumed
 
 from commlib import cli
@@ -105,6 +106,16 @@ def test_spawned_accordion_run_compresses_between_its_two_settings(tmp_path):
     assert ratios[0] < 1.01  # dense warm-up
     assert all(2.0 < r < 11.0 for r in ratios[2:]), ratios  # top-k 20 % (≈2.5×) to 5 % (≈10×) per layer
     assert min(ratios[2:]) < 3.0 < 5.0 < max(ratios), ratios  # light first, heavy once the norms settle
+
+
+def test_spawned_lgreco_run_takes_powersgd_with_its_own_error_feedback(tmp_path):
+    ckpt = tmp_path / "lgreco.pt"
+    code = cli.main(["train", "--spawn", "2", "--steps", "8", "--compressor", "powersgd:2:ef", "--policy", "lgreco",
+                     "--policy-period", "3", "--eval-every", "8", "--save", str(ckpt), "--no-progress"])
+    assert code == 0
+    options = torch.load(ckpt, weights_only=True)["comm"]["exchange"]["options"]
+    assert options and all(name.endswith(":ef") for name in options), sorted(options)
+    assert any(float(e.norm()) > 0 for state in options.values() for e in state["e"].values())
 
 
 def test_resumed_run_repeats_the_uninterrupted_one_and_robust_runs_log(tmp_path):
