@@ -67,7 +67,7 @@ from torch import Tensor
 from .. import ops
 from ..adaptive import Accordion, LGreCo, Option, TimeCost
 from ..adaptive.cost import RoundTiming
-from ..compress.base import Compressor, TensorContext
+from ..compress.base import Compressor, TensorContext, handed_over
 from ..compress.powersgd import PowerSGD
 from ..errors import StateDivergenceError
 from ..feedback.base import ErrorFeedback, require_local_compressor
@@ -443,12 +443,13 @@ class GradientExchange:
                writable: bool = False) -> tuple[Protocol, Round]:
         """Create tensor ``name``'s compressed protocol and run it to its first request.
 
-        ``writable``: ``x`` is handed over, so a compressor given ``x`` itself (no feedback
-        wrapper, which hands it a message instead) may write its result into it.
+        ``writable``: ``x`` is handed over, so a compressor given ``x`` itself may write its
+        result into it; with a feedback wrapper (which hands the compressor a message
+        instead) the wrapper's commit writes the result into ``x``.
         """
-        ctx = self._context(name, step)
+        ctx = replace(self._context(name, step), writable=writable)
         if self.feedback is None:
-            gen = compressor.exchange(x, replace(ctx, writable=writable))
+            gen = compressor.exchange(x, ctx)
         else:
             gen = self._with_feedback(compressor, name, x, ctx)
         return gen, next(gen)
@@ -457,11 +458,13 @@ class GradientExchange:
         """Error feedback around the exchange: compress ``message(g)``, then ``commit`` once the mean is known.
 
         The commit is the protocol's last act, so an abandoned exchange (a
-        non-finite gradient somewhere) leaves the feedback state untouched.
+        non-finite gradient somewhere) leaves the feedback state untouched. A
+        handed-over ``g`` (``ctx.writable``) receives the commit's result.
         """
         message = self.feedback.message(name, g, ctx)
-        mean, local = yield from compressor.exchange_local(message, ctx)
-        return self.feedback.commit(name, g, local, mean)
+        mean, local = yield from compressor.exchange_local(message, replace(ctx, writable=False),
+                                                           sparse=self.feedback.sparse_local)
+        return self.feedback.commit(name, g, local, mean, out=handed_over(g, ctx))
 
     @staticmethod
     def _count(report: BucketReport, numel: int) -> None:

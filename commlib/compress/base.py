@@ -112,11 +112,14 @@ class Compressor(ABC):
     def exchange(self, x: Tensor, ctx: TensorContext) -> Protocol[Tensor]:
         """Protocol whose result estimates the mean of ``x`` over ranks (float32, ``x``'s shape)."""
 
-    def exchange_local(self, x: Tensor, ctx: TensorContext) -> Protocol[tuple[Tensor, Tensor]]:
+    def exchange_local(self, x: Tensor, ctx: TensorContext, sparse: bool = False) -> Protocol[tuple[Tensor, Tensor]]:
         """Like :meth:`exchange`, but also returns this rank's own ``C(x)``: ``(mean, local)``.
 
         Error feedback needs both. Single-round compressors decode their own
         payload; methods without a local operator (PowerSGD) raise ``ValueError``.
+        ``sparse=True`` lets a compressor whose ``C(x)`` is mostly zeros (top-k)
+        return ``local`` as a sparse COO tensor of ``x``'s shape; the others
+        return it dense whatever ``sparse`` says.
         """
         raise ValueError(f"{type(self).__name__} has no local compression operator C(x); error feedback needs one")
         yield  # pragma: no cover - makes this a generator
@@ -160,12 +163,16 @@ class GatherCompressor(Compressor):
         parts = yield from self._gather(x, ctx)
         return self.decode_all(parts, x.shape, ctx, into=handed_over(x, ctx))
 
-    def exchange_local(self, x: Tensor, ctx: TensorContext) -> Protocol[tuple[Tensor, Tensor]]:
+    def exchange_local(self, x: Tensor, ctx: TensorContext, sparse: bool = False) -> Protocol[tuple[Tensor, Tensor]]:
         parts = yield from self._gather(x, ctx)
         mean = self.decode_all(parts, x.shape, ctx)
-        local = torch.zeros(x.numel(), dtype=torch.float32, device=parts.device)
-        self.decode_add(parts[ctx.rank], local, ctx)  # this rank's own payload, as the others decoded it
-        return mean, local.view(x.shape)
+        return mean, self.decode_local(parts[ctx.rank], x.shape, ctx, sparse)  # as the others decoded it
+
+    def decode_local(self, payload: Tensor, shape: torch.Size, ctx: TensorContext, sparse: bool = False) -> Tensor:
+        """One payload decoded alone: ``C(x)`` (float32, ``shape``), dense (``sparse`` is a hint; see TopK)."""
+        out = torch.zeros(shape.numel(), dtype=torch.float32, device=payload.device)
+        self.decode_add(payload, out, ctx)
+        return out.view(shape)
 
     def compress(self, x: Tensor, ctx: TensorContext) -> Tensor:
         """This rank's dense ``C(x)`` (float32, ``x``'s shape), bit-identical to its share of the exchange."""
@@ -275,7 +282,7 @@ class LinearCompressor(Compressor):
     def exchange(self, x: Tensor, ctx: TensorContext) -> Protocol[Tensor]:
         return (yield from self._reduce(self.encode(x, ctx), x.shape, ctx))
 
-    def exchange_local(self, x: Tensor, ctx: TensorContext) -> Protocol[tuple[Tensor, Tensor]]:
+    def exchange_local(self, x: Tensor, ctx: TensorContext, sparse: bool = False) -> Protocol[tuple[Tensor, Tensor]]:
         payload = self.encode(x, ctx)
         local = self.decode(payload, x.shape, ctx)  # before the payload is handed over
         mean = yield from self._reduce(payload, x.shape, ctx)

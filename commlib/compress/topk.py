@@ -74,12 +74,30 @@ class TopK(GatherCompressor):
         return torch.cat([values.float().view(torch.uint8), idx.view(torch.uint8)])
 
     def decode_add(self, payload: Tensor, out: Tensor, ctx: TensorContext) -> None:
+        values, idx = self._read(payload, out.numel(), ctx)
+        out[idx] += values
+
+    def decode_local(self, payload: Tensor, shape: torch.Size, ctx: TensorContext, sparse: bool = False) -> Tensor:
+        """``C(x)`` from one payload; with ``sparse``, a coalesced sparse COO tensor of ``shape`` (same values).
+
+        Error feedback then updates its buffers at the ``k`` kept entries only
+        (``buffer.sub_(local)`` with a sparse operand), with the same bits as the
+        dense ``C(x)`` would give (``b − 0 = b``), instead of passing over all ``d``.
+        """
+        if not sparse or len(shape) == 0:
+            return super().decode_local(payload, shape, ctx)
+        values, idx = self._read(payload, shape.numel(), ctx)
+        coords = torch.stack(torch.unravel_index(idx, tuple(shape))) if len(shape) != 1 else idx.unsqueeze(0)
+        return torch.sparse_coo_tensor(coords, values.clone(), tuple(shape), is_coalesced=True,
+                                       check_invariants=False)  # strictly increasing indices: checked in _read
+
+    def _read(self, payload: Tensor, d: int, ctx: TensorContext) -> tuple[Tensor, Tensor]:
+        """Validate one payload for a tensor of ``d`` elements: its ``(float32 values, int64 flat indices)``."""
         k = payload.numel() // 8
         values = payload[: 4 * k].view(torch.float32)
         idx = payload[4 * k :].view(torch.int32).to(torch.int64)
-        d = out.numel()
         if k and (int(idx[0]) < 0 or int(idx[-1]) >= d or (k > 1 and not bool((idx[1:] > idx[:-1]).all()))):
             raise WireFormatError(f"topk: indices must be strictly increasing within [0, {d}) ({ctx.key})")
         if not bool(torch.isfinite(values).all()):
             raise WireFormatError(f"topk: non-finite values received ({ctx.key})")
-        out[idx] += values
+        return values, idx

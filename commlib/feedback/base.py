@@ -6,11 +6,15 @@ same object can be driven by any runtime (DDP hook, in-process simulator, MPI):
 
 1. ``u = method.message(key, g, ctx)`` — the tensor to compress. Pure: reads the
    state, never writes it.
-2. The runtime computes ``delta_local = C(u)`` (this rank's dense compressed
+2. The runtime computes ``delta_local = C(u)`` (this rank's compressed
    message, e.g. :func:`local_compress`) and exchanges it; the exchange returns
-   ``delta_mean``, the mean of all ranks' ``C(u)``.
+   ``delta_mean``, the mean of all ranks' ``C(u)``. ``delta_local`` is dense, or,
+   for a method with :attr:`ErrorFeedback.sparse_local` and a sparse compressor
+   (top-k), a sparse COO tensor: the method's buffers are then updated at the
+   kept entries only, with the same bits.
 3. ``out = method.commit(key, g, delta_local, delta_mean)`` — updates the state
-   and returns what the optimizer must see (a fresh tensor).
+   and returns what the optimizer must see: a fresh tensor, or ``out=`` (which
+   may be ``g`` itself, e.g. DDP's bucket: it is written last).
 
 If the exchange is aborted, or ``g`` is not finite (check with :func:`is_finite`),
 the runtime must not call :meth:`ErrorFeedback.commit`; the state is then
@@ -117,6 +121,9 @@ class ErrorFeedback(ABC):
     name: str = "feedback"
     #: Names of the persistent per-key buffers (per-worker and global), all of the tensor's shape.
     buffers: tuple[str, ...] = ()
+    #: ``commit`` takes ``delta_local`` as a sparse COO tensor (it only adds or subtracts it from dense
+    #: tensors). The built-in methods do; a subclass whose ``_commit`` needs a dense one sets False.
+    sparse_local: bool = False
 
     def __init__(self, dtype: torch.dtype = torch.float32) -> None:
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -189,22 +196,31 @@ class ErrorFeedback(ABC):
         g = self._convert(g, "g")
         return self._message(self._buffers_for(key, g), g)
 
-    def commit(self, key: str, g: Tensor, delta_local: Tensor, delta_mean: Tensor) -> Tensor:
+    def commit(self, key: str, g: Tensor, delta_local: Tensor, delta_mean: Tensor,
+               out: Tensor | None = None) -> Tensor:
         """Update the state of ``key`` after the exchange; return the tensor the optimizer steps with.
 
         ``g`` must be the same gradient given to :meth:`message`, ``delta_local``
-        this worker's ``C(u)`` and ``delta_mean`` the mean of all workers' ``C(u)``
+        this worker's ``C(u)`` (sparse COO allowed when :attr:`sparse_local`) and
+        ``delta_mean`` the mean of all workers' ``C(u)``
         (identical on every rank). Call only when ``g`` is finite (:func:`is_finite`)
-        and the exchange completed. Returns a new tensor in ``dtype``.
+        and the exchange completed. Returns a new tensor in ``dtype``, or, given
+        ``out`` (``g``'s shape; it may be ``g`` itself, written after the state is
+        updated), the result copied into ``out``: no gradient-sized allocation.
         """
         g = self._convert(g, "g")
+        if isinstance(delta_local, Tensor) and delta_local.is_sparse and not self.sparse_local:
+            raise ValueError(f"{self.name}: delta_local must be dense (this method's sparse_local is False)")
         dl = self._convert(delta_local, "delta_local", g.shape)
         dm = self._convert(delta_mean, "delta_mean", g.shape)
+        if out is not None and (not isinstance(out, Tensor) or out.shape != g.shape):
+            raise ValueError(f"{self.name}: out must be a tensor of g's shape {tuple(g.shape)}, "
+                             f"got {tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}")
         state = self._buffers_for(key, g)
-        out = self._commit(state, g, dl, dm)
+        result = self._commit(state, g, dl, dm)
         if self.buffers:
             self._state[key] = state
-        return out
+        return result.clone() if out is None else out.copy_(result)
 
     def warm_start(self, key: str, g_local: Tensor, g_mean: Tensor) -> None:
         """Dense warm start of ``key`` after one uncompressed exchange (``g_mean`` = mean of the ``g_local``).
@@ -228,7 +244,8 @@ class ErrorFeedback(ABC):
     def _message(self, s: dict[str, Tensor], g: Tensor) -> Tensor: ...
 
     @abstractmethod
-    def _commit(self, s: dict[str, Tensor], g: Tensor, dl: Tensor, dm: Tensor) -> Tensor: ...
+    def _commit(self, s: dict[str, Tensor], g: Tensor, dl: Tensor, dm: Tensor) -> Tensor:
+        """Update ``s``; return the output (it may be a buffer of ``s`` or ``dm``: :meth:`commit` copies it)."""
 
     # ----- checkpointing -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, object]:

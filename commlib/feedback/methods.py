@@ -34,12 +34,13 @@ class NoFeedback(ErrorFeedback):
 
     name = "none"
     buffers = ()
+    sparse_local = True
 
     def _message(self, s: dict[str, Tensor], g: Tensor) -> Tensor:
         return g.clone()
 
     def _commit(self, s: dict[str, Tensor], g: Tensor, dl: Tensor, dm: Tensor) -> Tensor:
-        return dm.clone()
+        return dm
 
 
 class EF14(ErrorFeedback):
@@ -53,13 +54,14 @@ class EF14(ErrorFeedback):
 
     name = "ef14"
     buffers = ("e",)
+    sparse_local = True
 
     def _message(self, s: dict[str, Tensor], g: Tensor) -> Tensor:
         return s["e"] + g
 
     def _commit(self, s: dict[str, Tensor], g: Tensor, dl: Tensor, dm: Tensor) -> Tensor:
         s["e"].add_(g).sub_(dl)
-        return dm.clone()
+        return dm
 
 
 class EF21(ErrorFeedback):
@@ -72,6 +74,7 @@ class EF21(ErrorFeedback):
 
     name = "ef21"
     buffers = ("h_local", "h")
+    sparse_local = True
 
     def _message(self, s: dict[str, Tensor], g: Tensor) -> Tensor:
         return g - s["h_local"]
@@ -79,7 +82,7 @@ class EF21(ErrorFeedback):
     def _commit(self, s: dict[str, Tensor], g: Tensor, dl: Tensor, dm: Tensor) -> Tensor:
         s["h_local"].add_(dl)
         s["h"].add_(dm)
-        return s["h"].clone()
+        return s["h"]
 
 
 class EF21SGDM(ErrorFeedback):
@@ -93,6 +96,7 @@ class EF21SGDM(ErrorFeedback):
 
     name = "ef21_sgdm"
     buffers = ("v", "h_local", "h")
+    sparse_local = True
 
     def __init__(self, beta: float = 0.1, dtype: torch.dtype = torch.float32) -> None:
         self.beta = check_unit_interval(beta, "EF21SGDM beta", low_open=True)
@@ -111,7 +115,7 @@ class EF21SGDM(ErrorFeedback):
         s["v"].copy_(self._momentum(s, g))
         s["h_local"].add_(dl)
         s["h"].add_(dm)
-        return s["h"].clone()
+        return s["h"]
 
 
 class EControl(ErrorFeedback):
@@ -134,6 +138,7 @@ class EControl(ErrorFeedback):
 
     name = "econtrol"
     buffers = ("e", "h_local", "h")
+    sparse_local = True
 
     def __init__(self, eta: float = 0.005, dtype: torch.dtype = torch.float32) -> None:
         self.eta = check_unit_interval(eta, "EControl eta", low_open=False)
@@ -149,4 +154,4 @@ class EControl(ErrorFeedback):
         s["e"].add_((g - s["h_local"]).sub_(dl))
         s["h_local"].add_(dl)
         s["h"].add_(dm)
-        return s["h"].clone()
+        return s["h"]

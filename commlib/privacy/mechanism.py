@@ -129,7 +129,7 @@ class DPSketch(LinearCompressor):
             raise ValueError(f"DPSketch noise_rank {self.noise_rank} is not a rank of a world of {ctx.world_size}")
         return (yield from super().exchange(x, ctx))
 
-    def exchange_local(self, x: Tensor, ctx: TensorContext) -> Protocol[tuple[Tensor, Tensor]]:
+    def exchange_local(self, x: Tensor, ctx: TensorContext, sparse: bool = False) -> Protocol[tuple[Tensor, Tensor]]:
         raise ValueError("DPSketch refuses error feedback: a residual of un-noised data breaks the per-step "
                          "sensitivity bound (keep error feedback off, or only on the noised sum)")
         yield  # pragma: no cover - makes this a generator

@@ -1,0 +1,131 @@
+"""Error feedback with a sparse local message (top-k) and with ``commit(out=)``: the same bits as the dense path.
+
+The exchange hands the built-in methods top-k's own message as a sparse COO tensor
+(``sparse_local``), so their buffers are updated at the ``k`` kept entries only, and
+writes the commit's result into DDP's bucket (``out=``, which may be the gradient
+itself); both must leave every buffer and every output bit-identical to the plain
+dense path, step after step.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from commlib.comm.exchange import ExchangeConfig, GradientExchange
+from commlib.comm.local import run_lockstep
+from commlib.compress import QSGD, TensorContext, TopK
+from commlib.errors import WireFormatError
+from commlib.feedback import EF14, EF21, EF21SGDM, EControl, NoFeedback
+from commlib.feedback.base import ErrorFeedback
+
+METHODS = [NoFeedback(), EF14(), EF21(), EF21SGDM(beta=0.3), EControl(eta=0.2)]
+SHAPES = [(37,), (6, 11), (3, 4, 5)]
+
+
+def _ctx(rank: int = 0, n: int = 1, step: int = 0) -> TensorContext:
+    return TensorContext("w", step, 5, rank, n)
+
+
+def _grad(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and torch.equal(a.view(torch.int32), b.view(torch.int32))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_topk_sparse_local_message_is_the_dense_one(shape) -> None:
+    topk = TopK(density=0.2)
+    x = _grad(shape, 0)
+    payload = topk.encode(x, _ctx())
+    dense = topk.decode_local(payload, x.shape, _ctx())
+    sparse = topk.decode_local(payload, x.shape, _ctx(), sparse=True)
+    assert sparse.is_sparse and sparse.is_coalesced() and sparse.shape == x.shape
+    assert sparse._nnz() == topk.count(x.numel())
+    assert torch.equal(sparse.to_dense(), dense) and torch.equal(dense, topk.compress(x, _ctx()))
+
+
+def test_a_malformed_payload_raises_on_the_sparse_path_too() -> None:
+    topk = TopK(density=0.25)
+    payload = topk.encode(_grad((4, 4), 1), _ctx()).clone()
+    payload[-4:] = torch.tensor([255, 255, 0, 0], dtype=torch.uint8)  # last index 65535 ≥ 16
+    with pytest.raises(WireFormatError, match="strictly increasing"):
+        topk.decode_local(payload, torch.Size((4, 4)), _ctx(), sparse=True)
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.name)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_commit_with_a_sparse_local_and_out_keeps_the_dense_bits(method: ErrorFeedback, shape) -> None:
+    """Three workers, five steps: (dense local, fresh output) vs (sparse local, output written into g)."""
+    n, topk = 3, TopK(density=0.3)
+    dense_ws = [copy.deepcopy(method) for _ in range(n)]
+    fast_ws = [copy.deepcopy(method) for _ in range(n)]
+    for step in range(5):
+        grads = [_grad(shape, 10 * step + r) for r in range(n)]
+        payloads = [topk.encode(w.message("w", g), _ctx(r, n, step)) for r, (w, g) in enumerate(zip(dense_ws, grads))]
+        dm = torch.zeros(grads[0].numel())
+        for p in payloads:
+            topk.decode_add(p, dm, _ctx())
+        dm = dm.div_(n).view(shape)
+        for r in range(n):
+            local = topk.decode_local(payloads[r], grads[r].shape, _ctx())
+            ref = dense_ws[r].commit("w", grads[r], local, dm)
+            g = grads[r].clone()
+            sparse = topk.decode_local(payloads[r], g.shape, _ctx(), sparse=True)
+            out = fast_ws[r].commit("w", g, sparse, dm, out=g)
+            assert out.data_ptr() == g.data_ptr() and _same_bits(out, ref)
+            for name in method.buffers:
+                assert torch.equal(fast_ws[r].get("w")[name], dense_ws[r].get("w")[name]), (step, r, name)
+
+
+def test_a_sparse_local_is_refused_where_the_method_needs_a_dense_one() -> None:
+    class DenseOnly(EF14):
+        sparse_local = False
+
+    g = torch.ones(4)
+    local = torch.sparse_coo_tensor(torch.tensor([[1]]), torch.tensor([1.0]), (4,), check_invariants=True)
+    with pytest.raises(ValueError, match="must be dense"):
+        DenseOnly().commit("w", g, local, g)
+
+
+def test_out_must_have_the_gradient_shape() -> None:
+    with pytest.raises(ValueError, match="out must be a tensor of g's shape"):
+        EF14().commit("w", torch.ones(4), torch.ones(4), torch.ones(4), out=torch.empty(5))
+    with pytest.raises(ValueError, match="out must be a tensor"):
+        EF14().commit("w", torch.ones(4), torch.ones(4), torch.ones(4), out=[0.0] * 4)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("compressor", [TopK(density=0.1), QSGD(bits=4, bucket_size=16)], ids=lambda c: c.name)
+@pytest.mark.parametrize("method", [EF14(), EControl(eta=0.1)], ids=lambda m: m.name)
+def test_handed_over_bucket_receives_the_result_with_the_same_bits(compressor, method) -> None:
+    """GradientExchange with feedback: ``inplace=True`` writes the commit's result into the gradient tensor."""
+    n, shapes = 2, {"a": (12, 10), "b": (30,)}
+
+    def workers() -> list[GradientExchange]:
+        return [GradientExchange(copy.deepcopy(compressor), r, n, ExchangeConfig(seed=3, start_step=0, min_numel=1),
+                                 feedback=copy.deepcopy(method)) for r in range(n)]
+
+    plain, handed = workers(), workers()
+    for step in range(3):
+        grads = [[(name, _grad(shape, 100 * step + 10 * r + i)) for i, (name, shape) in enumerate(shapes.items())]
+                 for r in range(n)]
+        kept = [[(name, g.clone()) for name, g in named] for named in grads]
+        ref = run_lockstep([w.protocol(named, step) for w, named in zip(plain, kept)])
+        assert all(torch.equal(k, g) for named_k, named_g in zip(kept, grads)
+                   for (_, k), (_, g) in zip(named_k, named_g))  # not handed over: never written
+        got = run_lockstep([w.protocol(named, step, inplace=True) for w, named in zip(handed, grads)])
+        for (outs, _), (refs, _), named in zip(got, ref, grads):
+            compressed = [o for o, (name, g) in zip(outs, named) if g.dim() >= 2]
+            assert compressed and all(o.data_ptr() == g.data_ptr() for o, (name, g) in zip(outs, named)
+                                      if g.dim() >= 2)
+            assert all(_same_bits(o, r) for o, r in zip(outs, refs))
+        for a, b in zip(plain, handed):
+            for key in shapes:
+                state_a, state_b = a.feedback.get(key), b.feedback.get(key)
+                assert (state_a is None) == (state_b is None)
+                if state_a is not None:
+                    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
