@@ -24,16 +24,34 @@ runs once per world size, unshaped, on loopback. Each rank:
    an order shuffled per repeat (the same on every rank), one untimed warm-up round; each repeat's
    time is the slowest rank's, the figure their median. Two more items join each round's shuffled
    order: a one-repeat :func:`~commlib.adaptive.calibrate` and a one-repeat contention codec table,
-   so the model is re-measured on the same stretch of a noisy machine as the exchanges;
+   so the model is re-measured on the same stretch of a noisy machine as the exchanges. Each
+   exchange's collective rounds are also timed from the protocol's side (a
+   :class:`~commlib.comm.traffic.Meter` with a clock, as the DDP runtime times them for
+   ``refine_time``), each round's seconds reduced over ranks: the maximum (the round's time, as
+   ``refine_time`` takes it) and the minimum (the last rank to issue, which waits for the transfer
+   alone, not for the others' local work). The exchange's time less its rounds' maxima is its
+   local work, set next to the up-front model's codec and dense-path seconds;
 6. predicts each with :func:`~commlib.adaptive.cost.exchange_seconds` (fused collectives, the torch
-   driver's split of large ordered all-reduces, codec times, the dense path's own work) under three
+   driver's split of large ordered all-reduces, codec times, the dense path's own work) under four
    models: **in-run** (medians of the per-round calibrations and codec tables), **up-front** (what
-   L-GreCo decided with) and **codec timed alone** (up-front link fit, rank 0's solo codec table).
+   L-GreCo decided with), **codec timed alone** (up-front link fit, rank 0's solo codec table) and
+   **refined** — the up-front model refit from measured exchange rounds by the library's own
+   :meth:`LGreCo.refine <commlib.adaptive.LGreCo.refine>` (``refine_time``: each round's slowest
+   rank, split among its collectives by :meth:`TimeCost.attribute`, :meth:`TimeCost.update`), with
+   ``refine_momentum=1`` (the fit of the rounds themselves: what repeated refits on steady rounds
+   converge to; the library's default 0.1 moves a tenth of the way per window). No circularity:
+   the refit sees only the rounds of the **first half** of the repeats, and its predictions are
+   compared with the median of the **second half** (the other models with the median of all
+   repeats). Two variants: **own rounds** (each configuration refit from its own rounds, as a
+   ``refine_time`` policy sees only the rounds of the configuration it runs) and **all rounds**
+   (one model refit from every configuration's rounds: does one ``α + β·bytes`` per collective
+   explain them all?). The refit touches only the link fits: codec times stay the up-front ones.
    The ``Identity`` hook is one native all-reduce of every tensor plus its cast (priced as fp16's
    conversion, an upper bound of its in-place division).
 
 The exchange is the communication part of a DDP step (the whole model is one bucket). Writes
-``benchmarks/results/lgreco_time_netem{_quick}.json`` and ``.md``. Run as root::
+``benchmarks/results/lgreco_time_netem{_quick}.json`` and ``.md`` (``--append``: keep the other
+(ranks, link) cells of the JSON; the .md is rewritten from it). Run as root::
 
     .venv/bin/python benchmarks/netem/lgreco_time_netem.py [--quick] [--rates 100,1000] [--worlds 2,4]
 """
@@ -128,6 +146,42 @@ def _in_run_model(models: list, codecs: list[dict[str, tuple[float, float]]]):
                     codec={o: (med([c[o][0] for c in codecs]), med([c[o][1] for c in codecs])) for o in codecs[0]})
 
 
+def _reduced_rounds(rounds: dict[str, list[tuple[tuple, list[float]]]], op) -> dict[str, list[list[float]]]:
+    """Per configuration and timed repeat (the warm-up dropped), each round's seconds reduced over ranks by ``op``.
+
+    Every rank ran the same collectives in the same order, so one all-reduce of the concatenated
+    seconds does it. ``MAX``: the rank that issued first and waited longest — a round ends when its
+    slowest rank's part arrives, so this is the round's time (what ``refine_time`` feeds the refit).
+    ``MIN``: the last rank to issue, which waits for the transfer alone, not for the others' local work.
+    """
+    import torch
+    import torch.distributed as dist
+
+    kept = {label: [secs for _, secs in per_rep[1:]] for label, per_rep in rounds.items()}
+    flat = torch.tensor([t for reps in kept.values() for secs in reps for t in secs], dtype=torch.float64)
+    dist.all_reduce(flat, op=op)
+    reduced, at = flat.tolist(), 0
+    out: dict[str, list[list[float]]] = {}
+    for label, reps in kept.items():
+        out[label] = []
+        for secs in reps:
+            out[label].append(reduced[at:at + len(secs)])
+            at += len(secs)
+    return out
+
+
+def _refined(base, rounds: list, world: int):
+    """``base`` refit from ``rounds`` the way a ``refine_time`` policy does it (:meth:`LGreCo.refine`), momentum 1."""
+    from commlib.adaptive import LGreCo
+
+    refiner = LGreCo(options=OPTIONS, default_option=DEFAULT, cost_model=copy.deepcopy(base), world_size=world,
+                     refine_time=True, refine_momentum=1.0)
+    refiner.refine(rounds)
+    return refiner.cost_model, {"rounds": len(rounds), "measured_s": refiner.stats.refit_measured_s,
+                                "predicted_before_s": refiner.stats.refit_predicted_s,
+                                "predicted_after_s": refiner.stats.refit_refined_s}
+
+
 def _predict(model, choice: list[str] | None, weights: dict, bias_numel: int, world: int) -> float:
     """exchange_seconds of a per-layer choice; ``None``: the Identity hook's one native all-reduce of everything."""
     from commlib.adaptive import Option
@@ -146,8 +200,10 @@ def worker(cfg: dict[str, Any], out: Path) -> None:
     import torch.distributed as dist
 
     from commlib.adaptive import LGreCo, Option, TimeCost, calibrate, measure_codec_times
+    from commlib.adaptive.cost import RoundTiming
     from commlib.comm import torch_driver
     from commlib.comm.exchange import ExchangeConfig, GradientExchange
+    from commlib.comm.traffic import Meter
     from commlib.compress import Identity
 
     torch.set_num_threads(1)
@@ -192,6 +248,7 @@ def worker(cfg: dict[str, Any], out: Path) -> None:
             held.load_decision(torch.tensor([OPTIONS.index(o) for o in choice]))
             exchanges[label] = exchange
         times: dict[str, list[float]] = {label: [] for label in configs}
+        rounds: dict[str, list[tuple[tuple, list[float]]]] = {label: [] for label in configs}
         models, codecs = [], []
         order = [*configs, "calibrate", "codec"]
         shuffle = random.Random(cfg["seed"])
@@ -203,24 +260,47 @@ def worker(cfg: dict[str, Any], out: Path) -> None:
                 elif item == "codec":
                     codecs.append(measure_codec_times(options, shape=timing_shape, repeats=1, group=dist.group.WORLD))
                 else:
+                    meter = Meter(rank, world, clock=time.perf_counter)  # times each round, as the DDP hook's
                     dist.barrier()
                     start = time.perf_counter()
-                    torch_driver.run(exchanges[item].protocol(named, step=rep))
+                    torch_driver.run(meter.run(exchanges[item].protocol(named, step=rep)))
                     times[item].append(time.perf_counter() - start)
+                    rounds[item].append((tuple(meter.rounds), list(meter.seconds)))
         in_run = _in_run_model(models[1:], codecs[1:])
+        half = cfg["repeats"] // 2
+        slowest, fastest = _reduced_rounds(rounds, dist.ReduceOp.MAX), _reduced_rounds(rounds, dist.ReduceOp.MIN)
+        timed = {label: [[RoundTiming(k, world, t) for k, t in zip(kinds, secs)]
+                         for (kinds, _), secs in zip(rounds[label][1:], slowest[label])] for label in configs}
+        learned = {label: [r for rep in timed[label][:half] for r in rep] for label in configs}
+        pooled, pooled_fit = _refined(upfront, [r for label in configs for r in learned[label]], world)
+        no_codec = TimeCost(latency=upfront.latency, seconds_per_byte=upfront.seconds_per_byte)
         rows = []
         for label, choice in configs.items():
-            measured = statistics.median(_slowest(times[label][1:]))
+            runs = _slowest(times[label][1:])
+            measured, later = statistics.median(runs), statistics.median(runs[half:])
+            own, own_fit = _refined(upfront, learned[label], world)
             predicted = {name: _predict(m, choice, weights, bias_numel, world)
-                         for name, m in (("in_run", in_run), ("upfront", upfront), ("alone", alone))}
-            rows.append({"config": label, "choice": choice, "measured_s": measured,
-                         "runs_s": _slowest(times[label][1:]), **{f"predicted_{k}_s": v for k, v in predicted.items()},
-                         **{f"ratio_{k}": v / measured for k, v in predicted.items()}})
+                         for name, m in (("in_run", in_run), ("upfront", upfront), ("alone", alone),
+                                         ("refined_own", own), ("refined_all", pooled))}
+            against = {name: later if name.startswith("refined") else measured for name in predicted}
+            wire = [sum(secs) for secs in slowest[label]]
+            wire_only = _predict(no_codec, choice, weights, bias_numel, world)
+            split = {"rounds_s": statistics.median(wire),
+                     "rounds_last_rank_s": statistics.median(sum(secs) for secs in fastest[label]),
+                     "predicted_rounds_upfront_s": wire_only,
+                     "local_s": statistics.median(t - w for t, w in zip(runs, wire)),
+                     "predicted_local_upfront_s": predicted["upfront"] - wire_only}
+            rows.append({"config": label, "choice": choice, "measured_s": measured, "measured_second_half_s": later,
+                         **split,
+                         "runs_s": runs, "refit_own": own_fit, "refined_own_model": own.state_dict(),
+                         **{f"predicted_{k}_s": v for k, v in predicted.items()},
+                         **{f"ratio_{k}": v / against[k] for k, v in predicted.items()}})
         if rank == 0:
             out.write_text(json.dumps({
-                "world": world, "setup_s": setup_s, "models": {"in_run": in_run.state_dict(),
-                                                               "upfront": upfront.state_dict(),
-                                                               "codec_alone": alone.codec},
+                "world": world, "setup_s": setup_s, "first_half_repeats": half,
+                "models": {"in_run": in_run.state_dict(), "upfront": upfront.state_dict(),
+                           "codec_alone": alone.codec, "refined_all": pooled.state_dict()},
+                "refit_all": pooled_fit,
                 "lgreco": {"choices": configs["L-GreCo (TimeCost)"], "predicted_cost_s": policy.stats.predicted_cost,
                            "default_cost_s": policy.stats.default_cost},
                 "rows": rows}))
@@ -249,18 +329,31 @@ def launch(cfg: dict[str, Any], world: int, net, timeout: float) -> dict[str, An
 
 
 def _table(runs: list[dict[str, Any]]) -> list[str]:
-    lines = ["| link | ranks | configuration | per-layer options | measured s | predicted s (in-run model) | "
-             "predicted / measured | up-front model / measured | codec timed alone / measured |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """Predicted ÷ measured per model; the refined models against the second half's median (module docstring).
+
+    "rounds s" are medians over repeats of the exchange's timed collective rounds, each round's
+    maximum over ranks (the round's time) and minimum (the last rank to issue: the transfer
+    alone), next to the up-front model's collective seconds; "local s" the exchange's time less
+    the rounds' maxima, next to the up-front model's local (codec and dense-path) seconds.
+    """
+    lines = ["| link | ranks | configuration | per-layer options | measured s (all / 2nd half) | "
+             "rounds s: max / min over ranks / up-front model | local s: measured / up-front model | "
+             "predicted s (in-run model) | in-run / measured | up-front / measured | "
+             "codec timed alone / measured | refined, own rounds / 2nd half | refined, all rounds / 2nd half |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         if "error" in run:
-            lines.append(f"| {run['link']} | {run['world']} | error: {run['error']} | | | | | | |")
+            lines.append(f"| {run['link']} | {run['world']} | error: {run['error']} | | | | | | | | | | |")
             continue
         for row in run["rows"]:
             choice = "native" if row["choice"] is None else ", ".join(row["choice"])
-            lines.append(f"| {run['link']} | {run['world']} | {row['config']} | {choice} | {row['measured_s']:.4f} | "
-                         f"{row['predicted_in_run_s']:.4f} | {row['ratio_in_run']:.2f} | {row['ratio_upfront']:.2f} | "
-                         f"{row['ratio_alone']:.2f} |")
+            lines.append(f"| {run['link']} | {run['world']} | {row['config']} | {choice} | {row['measured_s']:.4f} / "
+                         f"{row['measured_second_half_s']:.4f} | {row['rounds_s']:.4f} / "
+                         f"{row['rounds_last_rank_s']:.4f} / {row['predicted_rounds_upfront_s']:.4f} | "
+                         f"{row['local_s']:.4f} / {row['predicted_local_upfront_s']:.4f} | "
+                         f"{row['predicted_in_run_s']:.4f} | "
+                         f"{row['ratio_in_run']:.2f} | {row['ratio_upfront']:.2f} | {row['ratio_alone']:.2f} | "
+                         f"{row['ratio_refined_own']:.2f} | {row['ratio_refined_all']:.2f} |")
     return lines
 
 
@@ -268,13 +361,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", default="100,1000", help="link rates in Mbit/s, comma-separated")
     parser.add_argument("--worlds", default="2,4", help="world sizes, comma-separated")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=8, help="timed repeats (>= 2: the refit learns from half)")
     parser.add_argument("--width", type=int, default=1024)
-    parser.add_argument("--timeout", type=float, default=400.0, help="seconds per (world, rate) run")
+    parser.add_argument("--timeout", type=float, default=540.0, help="seconds per (world, rate) run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--append", action="store_true",
                         help="keep the runs of other (ranks, link) pairs already in the results file")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2 ranks, 1 Gbit/s, width 512, 3 repeats")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 ranks, 1 Gbit/s, width 512, 4 repeats")
     parser.add_argument("--worker", nargs=2, metavar=("CFG", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -283,7 +376,9 @@ def main() -> None:
     from netem_harness import LinkShape, can_emulate, emulated_network
 
     if args.quick:
-        args.rates, args.worlds, args.width, args.repeats = "1000", "2", 512, 3
+        args.rates, args.worlds, args.width, args.repeats = "1000", "2", 512, 4
+    if args.repeats < 2:
+        parser.error(f"--repeats must be >= 2 (the refit learns from the first half), got {args.repeats}")
     rates = [float(r) for r in args.rates.split(",")]
     worlds = [int(w) for w in args.worlds.split(",")]
     cfg = {"width": args.width, "repeats": args.repeats, "seed": args.seed, "calib_repeats": 3 if args.quick else 5,
@@ -317,7 +412,8 @@ def main() -> None:
                       key=lambda r: (r["world"], -(r["rate_mbit"] or 0)))
     (RESULTS / f"{name}.json").write_text(json.dumps({"args": vars(args), "load": load, "runs": runs}, indent=1))
     header = [f"Exchange of one {args.width}-wide MLP bucket; median over {args.repeats} interleaved repeats of the "
-              "slowest rank; 1-minute load average at the start and end of each run: "
+              f"slowest rank (refined models: refit from the first {args.repeats // 2} repeats' rounds, compared with "
+              "the median of the others); 1-minute load average at the start and end of each run: "
               + ", ".join(f"{r['world']} ranks {r['link']}: {r['load'][0]:.1f}/{r['load'][1]:.1f}" for r in runs), ""]
     (RESULTS / f"{name}.md").write_text("\n".join(header + _table(runs)) + "\n")
     print("\n".join(header + _table(runs)))
