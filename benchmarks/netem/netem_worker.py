@@ -9,7 +9,8 @@ counters there, other processes share ``lo``).
 Steps, each rank, ``torch.set_num_threads(1)``:
 
 1. ``calibrate`` L-GreCo's :class:`~commlib.adaptive.TimeCost` on this
-   (shaped) group, and measure each commlib hook's local cost per element
+   (shaped) group (its codec table timed with EControl around each option, as
+   L-GreCo trains), and measure each commlib hook's local cost per element
    (its whole exchange, error feedback included, on a world of one; the
    decode of the other ranks' payloads from ``codec_seconds``), max-reduced
    over ranks so every rank decides alike;
@@ -18,7 +19,8 @@ Steps, each rank, ``torch.set_num_threads(1)``:
    bucket, ``bucket_cap_mb=1000``: with several buckets it aborts on gloo);
    commlib hooks whose :func:`~commlib.adaptive.payoff.compression_payoff`
    says compression does not pay on this link are built dense
-   (``Identity``); L-GreCo (top-k grid under EControl) gets the calibrated
+   (``Identity``); L-GreCo (top-k grid under EControl, ``native_dense``: a
+   bucket it sends all fp32 is one native all-reduce) gets the calibrated
    TimeCost and decides per layer, ``fp32`` among its options, once, at the
    end of the warm-up (its first re-solve; the next is pushed out of the run);
 3. hooks are measured in groups (``cfg["groups"]``; each group holds the
@@ -172,7 +174,10 @@ def _calibrate(cfg: dict[str, Any], shapes: list[tuple[int, ...]]) -> tuple[Any,
     # casts get no codec time: their local reduction is part of the calibrated all-reduce time
     options = [o for o in default_grid(LGRECO_DEFAULT) if not o.is_cast]
     timing_shape = max((s for s in shapes if len(s) == 2), key=lambda s: s[0] * s[1])
-    codec = measure_codec_times(options, shape=timing_shape, repeats=2)
+    from commlib import feedback
+
+    # L-GreCo runs under EControl: its message/commit passes are part of each compressed option's local work
+    codec = measure_codec_times(options, shape=timing_shape, repeats=2, feedback=feedback.EControl(eta=0.005))
     keys = sorted(codec)
     flat = _max_over_ranks([v for k in keys for v in codec[k]])
     codec = {k: (flat[2 * i], flat[2 * i + 1]) for i, k in enumerate(keys)}
@@ -223,9 +228,10 @@ def _setup(name: str, cfg: dict[str, Any], cost: Any, calib: dict[str, Any]) -> 
             policy = adaptive.LGreCo(period=cfg["lgreco_period"], window=cfg["lgreco_window"],
                                      default_option=LGRECO_DEFAULT, cost_model=cost, world_size=dist.get_world_size(),
                                      once=True)
+            # native_dense: a bucket whose layers L-GreCo all sends fp32 is one in-place native all-reduce
             state = ddp.CommState(ddp_model, feedback=feedback.EControl(eta=0.005), policy=policy, seed=cfg["seed"],
                                   start_step=cfg["start_step"],
-                                  feedback_warm_start=cfg.get("feedback_warm_start", False))
+                                  feedback_warm_start=cfg.get("feedback_warm_start", False), native_dense=True)
         else:
             comp, fb = _compressor_and_feedback(kind)
             pays = calib["payoff"][kind]["pays"] or not cfg["payoff_rule"]

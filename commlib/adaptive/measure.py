@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -25,6 +26,7 @@ import torch
 from ..comm.torch_driver import SPLIT_MIN_BYTES
 from ..compress import GatherCompressor, TensorContext
 from ..compress.base import Compressor
+from ..feedback.base import ErrorFeedback
 from .cost import _ALL_KINDS, _KINDS, TimeCost, WireKind, fit_linear, traffic_factor
 from .options import Option
 
@@ -86,8 +88,10 @@ def calibrate(
     torch driver splits it (timed only at sizes of at least ``SPLIT_MIN_BYTES``; below, it is an
     all-gather; with fewer than two such sizes it is not fitted and falls back, see
     :meth:`TimeCost.fit`). An optional kind (all-to-all, ordered) whose timings do not grow
-    with size — lost in the noise on a fast link — is left unfitted and falls back too; for
-    the all-reduce and the all-gather that is a ``ValueError`` naming the collective.
+    with size — lost in the noise on a fast link — is left unfitted and falls back too. The
+    all-reduce and the all-gather are required: when theirs do not grow, that collective is
+    timed once more at 8× the largest size (up to twice; every rank decides alike from the
+    max-reduced timings), and if it still does not fit, a ``ValueError`` names it.
 
     Steps: for each collective and payload size, the median of ``repeats``
     timed runs (fp32 payloads, on the current CUDA device for NCCL groups, a
@@ -113,23 +117,53 @@ def calibrate(
     device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
     timed = [(kind, size) for kind in _ALL_KINDS for size in sorted(set(sizes))
              if kind != "ordered" or size >= SPLIT_MIN_BYTES]
-    times = torch.tensor([_time_collective(kind, size, group, repeats, device) for kind, size in timed],
-                         dtype=torch.float64, device=device)
-    dist.all_reduce(times, op=dist.ReduceOp.MAX, group=group)
+    seconds = _max_over_group([_time_collective(kind, size, group, repeats, device) for kind, size in timed],
+                              group, device)
+    largest = max(sizes)
+    for _ in range(_MORE_SIZES):  # a required fit lost in the noise: time it once more at 8× the largest size
+        failed = [kind for kind in _KINDS if _fit(kind, timed, seconds, world)[1] is not None]
+        if not failed:
+            break
+        largest *= 8
+        _log.info("calibrate: %s did not grow with size; timing %d bytes too", failed, largest)
+        timed += [(kind, largest) for kind in failed]
+        seconds += _max_over_group([_time_collective(kind, largest, group, repeats, device) for kind in failed],
+                                   group, device)
     model = TimeCost(codec=dict(codec or {}))
     for kind in _ALL_KINDS:
-        points = [(traffic_factor(kind, world) * 4 * max(1, size // 4), float(t))
-                  for (k, size), t in zip(timed, times.cpu().tolist()) if k == kind]
-        if len(points) < 2:
-            continue
-        try:
-            model.latency[kind], model.seconds_per_byte[kind] = fit_linear(*zip(*points))
-        except ValueError as err:
-            if kind in _KINDS:
-                raise ValueError(f"calibrate: the {kind} fit failed ({err})") from err
-            # An optional kind (its timings lost in the noise on a fast link): priced by its fallback.
+        fit, err = _fit(kind, timed, seconds, world)
+        if fit is not None:
+            model.latency[kind], model.seconds_per_byte[kind] = fit
+        elif kind in _KINDS:
+            raise ValueError(f"calibrate: the {kind} fit failed ({err})") from err
+        elif err is not None:  # an optional kind lost in the noise on a fast link: priced by its fallback
             _log.info("calibrate: no %s fit (%s); it falls back to the other collectives' fits", kind, err)
     return model
+
+
+_MORE_SIZES = 2  # extra sizes (each 8× the last) calibrate may time for a required collective
+
+
+def _max_over_group(values: list[float], group, device: torch.device) -> list[float]:
+    """``values`` max-reduced over ``group``'s ranks (every rank then fits, and retries, alike)."""
+    import torch.distributed as dist
+
+    times = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(times, op=dist.ReduceOp.MAX, group=group)
+    return times.cpu().tolist()
+
+
+def _fit(kind: WireKind, timed: Sequence[tuple[str, int]], seconds: Sequence[float],
+         world: int) -> tuple[tuple[float, float] | None, ValueError | None]:
+    """``((α, β), None)`` for ``kind``'s timings, ``(None, error)`` when they do not fit, ``(None, None)`` if < 2."""
+    points = [(traffic_factor(kind, world) * 4 * max(1, size // 4), t)
+              for (k, size), t in zip(timed, seconds) if k == kind]
+    if len(points) < 2:
+        return None, None
+    try:
+        return fit_linear(*zip(*points)), None
+    except ValueError as err:
+        return None, err
 
 
 def _cast_codec(compressor: Compressor, x: torch.Tensor) -> tuple[float, float]:
@@ -213,7 +247,8 @@ def _median_max(runs: Sequence[float], numel: int, group) -> float:
 
 
 def exchange_local_seconds(
-    option: Option, shape: Sequence[int] = (1024, 1024), tensors: int = 3, repeats: int = 3, seed: int = 0, group=None
+    option: Option, shape: Sequence[int] = (1024, 1024), tensors: int = 3, repeats: int = 3, seed: int = 0, group=None,
+    feedback: ErrorFeedback | None = None,
 ) -> float:
     """Seconds per element ``GradientExchange`` spends on its own work for tensors of ``shape`` under ``option``.
 
@@ -228,7 +263,9 @@ def exchange_local_seconds(
     allocations). This is the exchange's code, so it counts what isolated
     codec timings miss (allocations, cache misses of a bucket, protocol
     bookkeeping). ``group``: every rank times at once, max over ranks (see
-    :func:`codec_seconds`).
+    :func:`codec_seconds`). ``feedback``: the error feedback the policy runs under
+    (a fresh copy wraps every compressed tensor, as in training: its ``message`` and
+    ``commit`` passes are part of the option's local work; ``fp32`` layers skip it).
     """
     from ..comm.exchange import ExchangeConfig, GradientExchange
     from ..comm.local import run_lockstep
@@ -240,7 +277,9 @@ def exchange_local_seconds(
         raise ValueError(f"option {option} does not apply to the timing shape {tuple(shape)}")
     dense = option.family == "fp32"
     config = ExchangeConfig(seed=seed, start_step=repeats + 2 if dense else 0, min_compression_rate=0.0)
-    exchange = GradientExchange(TopK(density=0.5) if dense else option.build(), 0, 1, config)  # fp32: dense warm-up
+    wrapper = None if feedback is None or dense else copy.deepcopy(feedback)
+    exchange = GradientExchange(TopK(density=0.5) if dense else option.build(), 0, 1, config,  # fp32: dense warm-up
+                                feedback=wrapper)
     gen = torch.Generator().manual_seed(seed)
     named = [(f"t{i}", torch.randn(*shape, generator=gen)) for i in range(tensors)]
     runs = []
@@ -275,7 +314,8 @@ def half_reduce_seconds(dtype: torch.dtype, numel: int, group, repeats: int = 3)
 
 
 def measure_codec_times(
-    options: Sequence[Option], shape: Sequence[int] = (1024, 1024), repeats: int = 3, seed: int = 0, group=None
+    options: Sequence[Option], shape: Sequence[int] = (1024, 1024), repeats: int = 3, seed: int = 0, group=None,
+    feedback: ErrorFeedback | None = None,
 ) -> dict[str, tuple[float, float]]:
     """``{str(option): (encode, decode)}`` seconds per element of each option's local work in a policy's exchange.
 
@@ -290,6 +330,10 @@ def measure_codec_times(
 
     ``group``: every rank times at once and max-reduces (see :func:`codec_seconds`), so the
     times carry the CPU contention of training and every rank gets the same table.
+    ``feedback``: the policy's error feedback, timed with each compressed option's
+    exchange (:func:`exchange_local_seconds`), so it lands in ``encode``; without it a
+    policy under error feedback under-prices compression (EControl around top-k costs
+    about as much as the top-k exchange itself on a CPU).
     """
     table: dict[str, tuple[float, float]] = {}
     for opt in options:
@@ -301,7 +345,7 @@ def measure_codec_times(
                 decode += half_reduce_seconds(opt.build().wire_dtype, math.prod(shape), group, repeats)
             table[str(opt)] = (encode, decode)
             continue
-        local = exchange_local_seconds(opt, shape, repeats=repeats, seed=seed, group=group)
+        local = exchange_local_seconds(opt, shape, repeats=repeats, seed=seed, group=group, feedback=feedback)
         decode = 0.0 if opt.family == "fp32" else codec_seconds(opt.build(), shape, repeats, seed, group)[1]
         table[str(opt)] = (max(local - decode, 0.0), decode)
     return table

@@ -68,6 +68,7 @@ from .. import ops
 from ..adaptive import Accordion, LGreCo, Option, TimeCost
 from ..adaptive.cost import RoundTiming
 from ..compress.base import Compressor, TensorContext, handed_over
+from ..compress.dense import Identity
 from ..compress.powersgd import PowerSGD
 from ..errors import StateDivergenceError
 from ..feedback.base import ErrorFeedback, require_local_compressor
@@ -78,6 +79,7 @@ from .traffic import DRIVERS, Meter
 __all__ = ["ExchangeConfig", "BucketReport", "GradientExchange", "adjacent_view"]
 
 _FP32 = Option("fp32")
+_NATIVE = Identity()  # stateless: the native all-reduce of ``native_dense``
 _MAX_TIMED_ROUNDS = 512  # rounds a refine_time policy keeps per window (the last ones), a fixed-size all-gather
 
 
@@ -89,6 +91,20 @@ class ExchangeConfig:
     from the last dense step, and ``check_every = N > 0`` compares a SHA-256 digest
     of every global estimate ``h`` across ranks every N steps (one small all-gather)
     and raises ``StateDivergenceError`` if any rank differs.
+
+    ``native_dense=True`` sends dense tensors (the warm-up steps, small and 1-D
+    tensors, a policy's ``fp32`` layers, a bucket resent dense after NaN/Inf) through
+    the backend's native all-reduce: a bucket with no compressed tensor as one
+    in-place all-reduce, like ``allreduce_hook``; the dense part of a mixed bucket as
+    one native all-reduce beside the compressed tensors' collectives (the non-finite
+    flag rides along: the native sum of the flags is as good as the ordered one).
+    Otherwise dense tensors take the rank-ordered all-reduce, which the simulator
+    reproduces bit for bit but which costs far more on large payloads (the torch
+    driver runs it as all-to-all + all-gather around a local sum: 1.3 s against
+    0.4 s for 100 MB on 4 ranks over loopback). Every rank still ends with the same
+    bits (the native sum is computed once per chunk), but dense tensors no longer
+    carry the simulator's bits. In an all-dense bucket a rank's NaN/Inf reaches the
+    others through the sum, and ``BucketReport.non_finite`` only reports this rank's own.
     """
 
     seed: int = 0
@@ -97,6 +113,7 @@ class ExchangeConfig:
     min_numel: int = 256
     feedback_warm_start: bool = False
     check_every: int = 0
+    native_dense: bool = False
 
     def __post_init__(self) -> None:
         if self.start_step < 0:
@@ -354,13 +371,18 @@ class GradientExchange:
         dense = sorted(set(range(len(xs))) - set(compressed))
         bad = not all(ops.all_finite(x) for x in xs)
         mine = self._observe(named, xs, step, bad, report) if self.policy is not None else []
+        if not compressed and self.config.native_dense and not self._warm_start_due(step):
+            report.non_finite = bad
+            report.policy_sent = sum(4 * xs[i].numel() for i in mine)
+            return (yield from self._native_dense(named, xs, step, report, inplace))
 
         # Round one: the dense tensors plus the non-finite flag, fused with every compressed protocol's first round.
         flag = torch.tensor([float(bad)], device=xs[0].device)
         dense_payload = torch.cat([xs[i].reshape(-1) for i in dense] + [flag])
         started = [self._start(chosen[i], named[i][0], torch.zeros_like(xs[i]) if bad else xs[i], step,
                                writable=inplace and not bad) for i in compressed]
-        requests = [AllReduce(dense_payload, ordered=True)] + [r for _, first in started for r in as_round(first)]
+        ordered = not self.config.native_dense
+        requests = [AllReduce(dense_payload, ordered=ordered)] + [r for _, first in started for r in as_round(first)]
         fused, slots = fuse_round(requests)
         parts = split_round((yield fused), slots)
         self._count(report, dense_payload.numel())
@@ -374,7 +396,7 @@ class GradientExchange:
             if self.compressor.private:  # never resend dense: only the flag has left this rank
                 return [torch.full_like(x, float("nan")) for x in xs], report
             everything = torch.cat([x.reshape(-1) for x in xs])
-            total = yield AllReduce(everything, ordered=True)
+            total = yield AllReduce(everything, ordered=ordered)
             self._count(report, everything.numel())
             report.policy_sent = sum(4 * xs[i].numel() for i in mine)
             return self._split(total.div_(self.world_size), xs), report
@@ -382,7 +404,7 @@ class GradientExchange:
         out: list[Tensor] = [torch.empty(0)] * len(xs)
         for i, mean in zip(dense, self._split(total_dense[:-1].div(self.world_size), [xs[i] for i in dense])):
             out[i] = mean
-        if self.feedback is not None and self.config.feedback_warm_start and step == self.config.start_step - 1:
+        if self._warm_start_due(step):
             choose = self._chooser(self.config.start_step)
             for i in dense:
                 if choose(named[i][0], xs[i].shape) is not None:
@@ -470,6 +492,20 @@ class GradientExchange:
     def _count(report: BucketReport, numel: int) -> None:
         """Add an fp32 payload of ``numel`` elements to the bytes sent."""
         report.sent += 4 * numel
+
+    def _warm_start_due(self, step: int) -> bool:
+        """Whether this step's dense means initialise the error feedback (``feedback_warm_start``)."""
+        return self.feedback is not None and self.config.feedback_warm_start and step == self.config.start_step - 1
+
+    def _native_dense(self, named, xs, step, report, inplace):
+        """``native_dense``: an all-dense bucket as one native all-reduce (``Identity``), in place when handed over."""
+        view = adjacent_view(xs)
+        flat = view if view is not None else torch.cat([x.reshape(-1) for x in xs])
+        owned = inplace or view is None
+        mean = yield from _NATIVE.exchange(flat, self._context(named[0][0], step), inplace=owned)
+        self._count(report, flat.numel())
+        report.dense_numel += flat.numel()
+        return self._split(mean, xs), report
 
     def _cast_protocol(self, named, xs, step, report, inplace):
         """Casts need no per-tensor state: the whole bucket goes as one flat tensor through one native all-reduce."""

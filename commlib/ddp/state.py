@@ -48,6 +48,10 @@ class CommState:
             tensor's compressor (then ``compressor`` is not used); it is registered with the model's
             tensors of 2 and more dimensions and at least ``min_numel`` elements, and its state is part
             of ``state_dict()``.
+        native_dense: dense tensors (warm-up steps, 1-D and small tensors, a policy's ``fp32`` layers)
+            go through the backend's native all-reduce — an all-dense bucket in place, as fast as
+            ``allreduce_hook`` — instead of the rank-ordered one; every rank gets the same bits, but
+            dense tensors no longer get the simulator's (:class:`~commlib.comm.exchange.ExchangeConfig`).
 
     Example::
 
@@ -71,6 +75,7 @@ class CommState:
         feedback_warm_start: bool = False,
         check_every: int = 0,
         policy: AdaptivePolicy | None = None,
+        native_dense: bool = False,
     ) -> None:
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError("CommState needs an initialised torch.distributed process group")
@@ -88,7 +93,8 @@ class CommState:
             self.rank,
             self.world_size,
             ExchangeConfig(seed=seed, start_step=start_step, min_compression_rate=min_compression_rate,
-                           min_numel=min_numel, feedback_warm_start=feedback_warm_start, check_every=check_every),
+                           min_numel=min_numel, feedback_warm_start=feedback_warm_start, check_every=check_every,
+                           native_dense=native_dense),
             feedback,
             policy,
             clock=time.perf_counter,  # real collectives: time their rounds (stats, and a refine_time policy)
@@ -122,6 +128,7 @@ class CommState:
             "min_numel": cfg.min_numel,
             "feedback_warm_start": cfg.feedback_warm_start,
             "check_every": cfg.check_every,
+            "native_dense": cfg.native_dense,
             "world_size": self.world_size,
         }
 

@@ -13,6 +13,7 @@ from commlib.adaptive.measure import (
     measure_codec_times,
 )
 from commlib.adaptive.options import Option
+from commlib.feedback import EF14
 
 
 def _calibrate_worker(rank: int, world: int) -> dict:
@@ -48,6 +49,29 @@ def test_calibrate_leaves_an_optional_kind_it_cannot_fit_to_its_fallback(flat):
         assert results[0]["fitted"] == sorted({"allreduce", "allgather", "alltoall", "ordered"} - {flat})
 
 
+def _noisy_small_sizes_worker(rank: int, world: int) -> dict:
+    """The all-reduce is flat (noise) up to 1 MiB and grows beyond; the others grow everywhere."""
+    from commlib.adaptive import measure
+
+    timed: list[tuple[str, int]] = []
+
+    def fake(kind, size, *rest):
+        timed.append((kind, size))
+        if kind == "allreduce":
+            return 2e-3 - size * 1e-13 if size <= 1 << 20 else 2e-3 + size * 1e-9
+        return 1e-4 + size * 1e-9
+
+    measure._time_collective = fake
+    model = calibrate(sizes=(1 << 10, 1 << 17, 1 << 20), repeats=1)
+    return {"beta": model.seconds_per_byte["allreduce"], "extra": sorted({s for k, s in timed if s > 1 << 20})}
+
+
+def test_calibrate_times_a_larger_size_when_a_required_fit_is_lost_in_noise():
+    results = run_workers(_noisy_small_sizes_worker, 2, timeout=120)
+    assert results[0] == results[1]
+    assert results[0]["extra"] == [8 << 20] and results[0]["beta"] > 0  # one retry, at 8× the largest size
+
+
 def test_calibrate_needs_a_process_group():
     with pytest.raises(ValueError, match="process group"):
         calibrate()
@@ -73,8 +97,9 @@ def test_measure_codec_times_composes_its_two_timers(monkeypatch):
         calls.append(("codec", type(compressor).__name__, tuple(shape), repeats, seed, group))
         return (7.0, 2.0)
 
-    def fake_local(option, shape, repeats, seed, group):
+    def fake_local(option, shape, repeats, seed, group, feedback=None):
         calls.append(("local", str(option), tuple(shape), repeats, seed, group))
+        assert feedback is None or isinstance(feedback, EF14)
         return 5.0
 
     monkeypatch.setattr(measure, "codec_seconds", fake_codec)
@@ -83,6 +108,11 @@ def test_measure_codec_times_composes_its_two_timers(monkeypatch):
     table = measure.measure_codec_times(options, shape=(8, 8), repeats=2, seed=3)
     assert table == {"topk:0.1": (3.0, 2.0), "fp16": (7.0, 2.0), "fp32": (5.0, 0.0), "powersgd:2": (3.0, 2.0)}
     assert ("local", "fp16", (8, 8), 2, 3, None) not in calls and ("local", "fp32", (8, 8), 2, 3, None) in calls
+    seen = []
+    monkeypatch.setattr(measure, "exchange_local_seconds", lambda *a, feedback=None, **k: seen.append(feedback) or 5.0)
+    ef = EF14()
+    measure.measure_codec_times([Option.topk(0.1)], shape=(8, 8), feedback=ef)
+    assert seen == [ef]  # the policy's error feedback reaches the exchange timer
     monkeypatch.setattr(measure, "exchange_local_seconds", lambda *a, **k: 1.0)
     assert measure.measure_codec_times([Option.topk(0.1)], shape=(8, 8))["topk:0.1"] == (0.0, 2.0)  # clamped at 0
     # with a group, a 16-bit cast's decode also pays the native 16-bit sum's extra time
@@ -98,6 +128,25 @@ def test_exchange_local_seconds_times_the_real_exchange():
         exchange_local_seconds(Option("fp32"), (8, 8), repeats=0)
     with pytest.raises(ValueError, match="does not apply"):
         exchange_local_seconds(Option.powersgd(2), (64,))
+
+
+def test_exchange_local_seconds_runs_the_policys_error_feedback_on_a_copy():
+    """``feedback`` wraps each compressed tensor of the timed exchange (its passes count), never ``fp32``'s."""
+    commits: list[str] = []
+
+    class CountingEF14(EF14):
+        def _commit(self, s, g, dl, dm):  # type: ignore[no-untyped-def]
+            commits.append(str(g.shape))
+            return super()._commit(s, g, dl, dm)
+
+    given = CountingEF14()
+    assert exchange_local_seconds(Option.topk(0.1), (16, 16), tensors=2, repeats=2, feedback=given) > 0
+    assert len(commits) == 2 * 3 and given.keys() == []  # 2 tensors x (1 untimed + 2 timed); the copy keeps state
+    commits.clear()
+    exchange_local_seconds(Option("fp32"), (16, 16), tensors=2, repeats=1, feedback=given)
+    assert commits == []
+    with pytest.raises(ValueError, match="powersgd:RANK:ef"):  # PowerSGD takes no feedback wrapper
+        exchange_local_seconds(Option.powersgd(2), (16, 16), repeats=1, feedback=given)
 
 
 def test_casts_time_their_conversion_not_an_exchange(monkeypatch):
