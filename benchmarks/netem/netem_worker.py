@@ -39,6 +39,7 @@ Steps, each rank, ``torch.set_num_threads(1)``:
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
 import os
@@ -177,7 +178,8 @@ def _calibrate(cfg: dict[str, Any], shapes: list[tuple[int, ...]]) -> tuple[Any,
     from commlib import feedback
 
     # L-GreCo runs under EControl: its message/commit passes are part of each compressed option's local work
-    codec = measure_codec_times(options, shape=timing_shape, repeats=2, feedback=feedback.EControl(eta=0.005))
+    codec = measure_codec_times(options, shape=timing_shape, repeats=2, feedback=feedback.EControl(eta=0.005),
+                                native_dense=True)  # L-GreCo's exchange runs with native_dense
     keys = sorted(codec)
     flat = _max_over_ranks([v for k in keys for v in codec[k]])
     codec = {k: (flat[2 * i], flat[2 * i + 1]) for i, k in enumerate(keys)}
@@ -225,9 +227,11 @@ def _setup(name: str, cfg: dict[str, Any], cost: Any, calib: dict[str, Any]) -> 
         if kind == "lgreco":
             # Solve once at τ = period (in the warm-up), then hold that decision (``once=True``). (The paper
             # re-solves every few hundred steps; re-solving every 3 would time the solver, not the hook.)
+            lgreco_cost = copy.deepcopy(cost)
+            lgreco_cost.native_dense = True  # fp32 priced as the native all-reduce its exchange then uses
             policy = adaptive.LGreCo(period=cfg["lgreco_period"], window=cfg["lgreco_window"],
-                                     default_option=LGRECO_DEFAULT, cost_model=cost, world_size=dist.get_world_size(),
-                                     once=True)
+                                     default_option=LGRECO_DEFAULT, cost_model=lgreco_cost,
+                                     world_size=dist.get_world_size(), once=True)
             # native_dense: a bucket whose layers L-GreCo all sends fp32 is one in-place native all-reduce
             state = ddp.CommState(ddp_model, feedback=feedback.EControl(eta=0.005), policy=policy, seed=cfg["seed"],
                                   start_step=cfg["start_step"],

@@ -293,12 +293,16 @@ class TimeCost(CostModel):
     seconds per element; decoding an all-gather is paid once per rank's payload
     (``n`` times). Options missing from ``codec`` have no codec time. The
     defaults (50 µs per collective, 1.25 GB/s: a 10 Gb/s link) are placeholders
-    for :func:`calibrate`.
+    for :func:`calibrate`. ``native_dense``: the exchange runs with
+    :attr:`ExchangeConfig.native_dense <commlib.comm.exchange.ExchangeConfig>`, so its dense
+    tensors and ``fp32`` layers take one native all-reduce, priced as such (else as the
+    rank-ordered all-reduce, which costs more on large payloads).
     """
 
     latency: dict[str, float] = field(default_factory=lambda: {"allreduce": 5e-5, "allgather": 5e-5})
     seconds_per_byte: dict[str, float] = field(default_factory=lambda: {"allreduce": 8e-10, "allgather": 8e-10})
     codec: dict[str, tuple[float, float]] = field(default_factory=dict)
+    native_dense: bool = False
     unit = "seconds"
 
     def __post_init__(self) -> None:
@@ -315,7 +319,11 @@ class TimeCost(CostModel):
                 raise ValueError(f"TimeCost codec[{key!r}] must hold finite non-negative numbers, got {pair!r}")
 
     def cost(self, option: Option, shape: Sequence[int], world_size: int) -> float:
-        wire = sum(self.seconds(kind, sent) for kind, sent in option_collectives(option, shape, world_size))
+        if self.native_dense and option.family == "fp32":
+            collectives = [("allreduce", traffic_factor("allreduce", world_size) * option.wire_bytes(shape))]
+        else:
+            collectives = option_collectives(option, shape, world_size)
+        wire = sum(self.seconds(kind, sent) for kind, sent in collectives)
         return wire + self.codec_cost(option, math.prod(shape), world_size)
 
     def fit(self, kind: WireKind) -> tuple[float, float]:
@@ -398,6 +406,7 @@ class TimeCost(CostModel):
             "latency": dict(self.latency),
             "seconds_per_byte": dict(self.seconds_per_byte),
             "codec": {k: list(v) for k, v in self.codec.items()},
+            "native_dense": self.native_dense,
         }
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
@@ -407,6 +416,7 @@ class TimeCost(CostModel):
             codec={k: tuple(v) for k, v in dict(state["codec"]).items()},
         )
         self.latency, self.seconds_per_byte, self.codec = loaded.latency, loaded.seconds_per_byte, loaded.codec
+        self.native_dense = bool(state.get("native_dense", False))  # absent from states saved before it existed
 
 
 def cost_table(
@@ -443,8 +453,10 @@ def exchange_seconds(
 
     1. round one: one rank-ordered fp32 all-reduce of the dense tensors (``dense_numel`` elements
        plus ``fp32`` layers), the one-element non-finite flag and every PowerSGD ``P``
-       (``4·n·r`` bytes); one all-gather of every top-k / QSGD payload (each padded to 8 bytes);
-       one native all-reduce per cast dtype (fp16, bf16);
+       (``4·n·r`` bytes) — with ``model.native_dense``, the dense part and the flag are one
+       native all-reduce instead, and the ``P`` one ordered all-reduce —; one all-gather of
+       every top-k / QSGD payload (each padded to 8 bytes); one native all-reduce per cast
+       dtype (fp16, bf16);
     2. round two, if any layer uses PowerSGD: one ordered all-reduce of every ``Q`` (``4·m·r`` bytes);
     3. each collective costs :func:`collective_seconds` — an ordered one is an all-gather below
        ``SPLIT_MIN_BYTES`` and an all-to-all plus an all-gather (two latencies, ring traffic) from
@@ -453,12 +465,15 @@ def exchange_seconds(
        ``fp32`` entry (:func:`exchange_local_seconds` of the dense path).
     """
     _check_world(world_size)
-    ordered = {"round1": 4 * (dense_numel + 1), "round2": 0}
+    dense = 4 * (dense_numel + 1)
+    ordered = {"round1": 0 if model.native_dense else dense, "round2": 0}
     gathered = 0
-    casts: dict[str, int] = {}
+    casts: dict[str, int] = {"fp32": dense} if model.native_dense else {}
     codec = model.codec_cost(Option("fp32"), dense_numel + 1, world_size)
     for shape, option in layers:
-        if option.family == "fp32":
+        if option.family == "fp32" and model.native_dense:
+            casts["fp32"] += option.wire_bytes(shape)
+        elif option.family == "fp32":
             ordered["round1"] += option.wire_bytes(shape)
         elif option.family == "powersgd":
             p_bytes, q_bytes = _ordered_payloads(option, shape)

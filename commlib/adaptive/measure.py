@@ -248,7 +248,7 @@ def _median_max(runs: Sequence[float], numel: int, group) -> float:
 
 def exchange_local_seconds(
     option: Option, shape: Sequence[int] = (1024, 1024), tensors: int = 3, repeats: int = 3, seed: int = 0, group=None,
-    feedback: ErrorFeedback | None = None,
+    feedback: ErrorFeedback | None = None, native_dense: bool = False,
 ) -> float:
     """Seconds per element ``GradientExchange`` spends on its own work for tensors of ``shape`` under ``option``.
 
@@ -266,6 +266,7 @@ def exchange_local_seconds(
     :func:`codec_seconds`). ``feedback``: the error feedback the policy runs under
     (a fresh copy wraps every compressed tensor, as in training: its ``message`` and
     ``commit`` passes are part of the option's local work; ``fp32`` layers skip it).
+    ``native_dense``: time the exchange as configured so (``fp32``: the in-place native path).
     """
     from ..comm.exchange import ExchangeConfig, GradientExchange
     from ..comm.local import run_lockstep
@@ -276,7 +277,8 @@ def exchange_local_seconds(
     if not option.applicable(shape):
         raise ValueError(f"option {option} does not apply to the timing shape {tuple(shape)}")
     dense = option.family == "fp32"
-    config = ExchangeConfig(seed=seed, start_step=repeats + 2 if dense else 0, min_compression_rate=0.0)
+    config = ExchangeConfig(seed=seed, start_step=repeats + 2 if dense else 0, min_compression_rate=0.0,
+                            native_dense=native_dense)
     wrapper = None if feedback is None or dense else copy.deepcopy(feedback)
     exchange = GradientExchange(TopK(density=0.5) if dense else option.build(), 0, 1, config,  # fp32: dense warm-up
                                 feedback=wrapper)
@@ -315,7 +317,7 @@ def half_reduce_seconds(dtype: torch.dtype, numel: int, group, repeats: int = 3)
 
 def measure_codec_times(
     options: Sequence[Option], shape: Sequence[int] = (1024, 1024), repeats: int = 3, seed: int = 0, group=None,
-    feedback: ErrorFeedback | None = None,
+    feedback: ErrorFeedback | None = None, native_dense: bool = False,
 ) -> dict[str, tuple[float, float]]:
     """``{str(option): (encode, decode)}`` seconds per element of each option's local work in a policy's exchange.
 
@@ -333,7 +335,8 @@ def measure_codec_times(
     ``feedback``: the policy's error feedback, timed with each compressed option's
     exchange (:func:`exchange_local_seconds`), so it lands in ``encode``; without it a
     policy under error feedback under-prices compression (EControl around top-k costs
-    about as much as the top-k exchange itself on a CPU).
+    about as much as the top-k exchange itself on a CPU). ``native_dense``: the exchange's
+    :attr:`~commlib.comm.exchange.ExchangeConfig.native_dense` (it changes the ``fp32`` path).
     """
     table: dict[str, tuple[float, float]] = {}
     for opt in options:
@@ -345,7 +348,8 @@ def measure_codec_times(
                 decode += half_reduce_seconds(opt.build().wire_dtype, math.prod(shape), group, repeats)
             table[str(opt)] = (encode, decode)
             continue
-        local = exchange_local_seconds(opt, shape, repeats=repeats, seed=seed, group=group, feedback=feedback)
+        local = exchange_local_seconds(opt, shape, repeats=repeats, seed=seed, group=group, feedback=feedback,
+                                       native_dense=native_dense)
         decode = 0.0 if opt.family == "fp32" else codec_seconds(opt.build(), shape, repeats, seed, group)[1]
         table[str(opt)] = (max(local - decode, 0.0), decode)
     return table

@@ -38,6 +38,33 @@ def test_one_latency_per_fused_collective(choice: list[str], gathers: int, reduc
     assert exchange_seconds(_latency_only(1.0, 1000.0), layers, 4) == pytest.approx(gathers + 1000.0 * reduces)
 
 
+@pytest.mark.parametrize(
+    ("choice", "gathers", "reduces"),
+    [
+        (["fp32", "fp32", "fp32", "fp32"], 0, 1),  # one native all-reduce of the dense tensors and the flag
+        (["topk:0.1", "powersgd:3", "powersgd:3", "fp32"], 3, 1),  # P and Q ordered, top-k gathered, dense native
+    ],
+)
+def test_native_dense_prices_the_dense_part_as_one_native_all_reduce(choice, gathers, reduces) -> None:
+    layers = [(SHAPES[n], Option.parse(o)) for n, o in zip(SHAPES, choice)]
+    model = _latency_only(1.0, 1000.0)
+    model.native_dense = True
+    assert exchange_seconds(model, layers, 4) == pytest.approx(gathers + 1000.0 * reduces)
+    ring = TimeCost(latency={"allgather": 0.0, "allreduce": 0.0}, seconds_per_byte={"allgather": 1.0, "allreduce": 5.0},
+                    native_dense=True)
+    fp32 = Option("fp32")
+    assert ring.cost(fp32, (10, 10), 4) == pytest.approx(5.0 * traffic_factor("allreduce", 4) * 400)
+    ring.native_dense = False  # ordered: 400 B below the split, one all-gather of (n-1)·400 B
+    assert ring.cost(fp32, (10, 10), 4) == pytest.approx(1.0 * traffic_factor("allgather", 4) * 400)
+    restored = TimeCost()
+    restored.load_state_dict({**TimeCost(native_dense=True).state_dict()})
+    assert restored.native_dense
+    old = TimeCost(native_dense=True).state_dict()
+    del old["native_dense"]  # a state saved before the field existed
+    restored.load_state_dict(old)
+    assert not restored.native_dense
+
+
 @pytest.mark.parametrize("world", [2, 4])
 @pytest.mark.parametrize("choice", [[0, 1, 2, 4], [2, 2, 0, 1], [4, 4, 4, 4]])
 def test_bytes_are_what_the_exchange_sends(world: int, choice: list[int]) -> None:

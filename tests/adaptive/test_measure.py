@@ -97,7 +97,7 @@ def test_measure_codec_times_composes_its_two_timers(monkeypatch):
         calls.append(("codec", type(compressor).__name__, tuple(shape), repeats, seed, group))
         return (7.0, 2.0)
 
-    def fake_local(option, shape, repeats, seed, group, feedback=None):
+    def fake_local(option, shape, repeats, seed, group, feedback=None, native_dense=False):
         calls.append(("local", str(option), tuple(shape), repeats, seed, group))
         assert feedback is None or isinstance(feedback, EF14)
         return 5.0
