@@ -86,6 +86,7 @@ class TrainSettings:
     momentum: float = 0.9
     seed: int = 0
     start_step: int = 2
+    native_dense: bool = False
     eval_every: int = 0
     log_jsonl: str | None = None
     tensorboard: str | None = None
@@ -189,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=number_type(int, 0), default=0, help="seed of data order, init and methods")
     run.add_argument("--start-step", type=number_type(int, 1), default=2, metavar="S",
                      help="dense steps before compression starts (default 2)")
+    run.add_argument("--native-dense", action="store_true",
+                     help="dense tensors (warm-up, biases, a policy's fp32 layers) through the backend's native "
+                          "all-reduce: faster on large dense layers, but DDP no longer matches the simulator bit "
+                          "for bit")
     run.add_argument("--save", metavar="PATH",
                      help="checkpoint at the end: rank 0 writes PATH, rank R > 0 writes PATH.rankR")
     run.add_argument("--resume", metavar="PATH", help="restore the --save checkpoints first (same method settings)")
@@ -247,8 +252,8 @@ def parse_settings(argv: Sequence[str] | None = None) -> tuple[TrainSettings, ar
     if bool(args.byzantine) != (args.attack is not None):
         parser.error("--byzantine and --attack go together")
     if args.aggregate is not None:
-        if args.feedback or args.policy:
-            parser.error("--feedback and --policy do not apply with --aggregate (the robust hook)")
+        if args.feedback or args.policy or args.native_dense:
+            parser.error("--feedback, --policy and --native-dense do not apply with --aggregate (the robust hook)")
         compressor = make_compressor(args.compressor)
         if not isinstance(compressor, (Identity, GatherCompressor)):
             parser.error(f"--compressor {args.compressor}: the robust hook takes a gather compressor "
@@ -291,7 +296,8 @@ def parse_settings(argv: Sequence[str] | None = None) -> tuple[TrainSettings, ar
         attack=args.attack, strength=args.strength, nnm=args.nnm,
         worker_momentum=args.worker_momentum, sharded=args.sharded, dataset=args.dataset, hidden=args.hidden,
         steps=args.steps, batch_per_worker=args.batch_per_worker, lr=args.lr, momentum=args.momentum,
-        seed=args.seed, start_step=args.start_step, eval_every=args.eval_every, log_jsonl=args.log_jsonl,
+        seed=args.seed, start_step=args.start_step, native_dense=args.native_dense, eval_every=args.eval_every,
+        log_jsonl=args.log_jsonl,
         tensorboard=args.tensorboard, save=args.save, resume=args.resume, progress=not args.no_progress)
     return settings, args
 
@@ -321,7 +327,7 @@ def _register(wrapped: DDP, settings: TrainSettings, world: int) -> CommState | 
         compressor = Identity()
     feedback = make_feedback(settings.feedback) if settings.feedback else None
     state = CommState(wrapped, compressor=compressor, feedback=feedback, seed=settings.seed,
-                      start_step=settings.start_step, policy=policy)
+                      start_step=settings.start_step, policy=policy, native_dense=settings.native_dense)
     wrapped.register_comm_hook(state, hook)
     return state
 

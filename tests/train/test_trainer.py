@@ -32,6 +32,7 @@ def parse_error(capsys, argv: list[str]) -> str:
     (["--aggregate", "flag", "--byzantine", "1"], "--byzantine and --attack go together"),
     (["--aggregate", "flag", "--compressor", "powersgd:2"], "the robust hook takes a gather compressor"),
     (["--aggregate", "flag", "--feedback", "ef14", "--compressor", "topk:0.1"], "do not apply with --aggregate"),
+    (["--aggregate", "mean", "--native-dense"], "do not apply with --aggregate"),
     (["--aggregate", "zz"], "argument --aggregate: invalid choice: 'zz'"),
     (["--policy", "lgreco", "--compressor", "randk:0.1"], "--compressor randk:0.1 is not a policy option"),
     (["--policy", "accordion", "--compressor", "topk:0.2"], "--policy accordion needs --accordion-heavy SPEC"),
@@ -110,8 +111,10 @@ def test_spawned_accordion_run_compresses_between_its_two_settings(tmp_path):
 
 def test_spawned_lgreco_run_takes_powersgd_with_its_own_error_feedback(tmp_path):
     ckpt = tmp_path / "lgreco.pt"
-    code = cli.main(["train", "--spawn", "2", "--steps", "8", "--compressor", "powersgd:2:ef", "--policy", "lgreco",
-                     "--policy-period", "3", "--eval-every", "8", "--save", str(ckpt), "--no-progress"])
+    flags = ["--compressor", "powersgd:2:ef", "--policy", "lgreco", "--policy-period", "3", "--native-dense"]
+    assert parse_settings(flags)[0].native_dense and not parse_settings(flags[:-1])[0].native_dense
+    code = cli.main(["train", "--spawn", "2", "--steps", "8", *flags, "--eval-every", "8", "--save", str(ckpt),
+                     "--no-progress"])
     assert code == 0
     options = torch.load(ckpt, weights_only=True)["comm"]["exchange"]["options"]
     assert options and all(name.endswith(":ef") for name in options), sorted(options)
