@@ -19,10 +19,12 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
 
+from ..comm.collectives import AllGather, AllReduce, Protocol, as_round
 from ..comm.torch_driver import SPLIT_MIN_BYTES
 from ..compress import GatherCompressor, TensorContext
 from ..compress.base import Compressor
@@ -31,6 +33,8 @@ from .cost import _ALL_KINDS, _KINDS, TimeCost, WireKind, fit_linear, traffic_fa
 from .options import Option
 
 _log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 __all__ = ["calibrate", "codec_seconds", "exchange_local_seconds", "half_reduce_seconds", "measure_codec_times"]
 
@@ -49,7 +53,7 @@ def _time_collective(kind: WireKind, payload_bytes: int, group, repeats: int, de
     import torch.distributed as dist
 
     from ..comm import torch_driver
-    from ..comm.collectives import AllGather, AllReduce, AllToAll
+    from ..comm.collectives import AllToAll
 
     world = dist.get_world_size(group)
     numel = max(1, payload_bytes // dtype.itemsize)
@@ -177,8 +181,6 @@ def _cast_codec(compressor: Compressor, x: torch.Tensor) -> tuple[float, float]:
 
 def _codec_once(compressor: Compressor, x: torch.Tensor, ctx: TensorContext) -> tuple[float, float]:
     """Seconds of one encode and one decode of ``x`` (see :func:`codec_seconds`)."""
-    from ..comm.local import run_lockstep
-
     if compressor.is_cast:
         return _cast_codec(compressor, x)
     if isinstance(compressor, GatherCompressor):
@@ -189,7 +191,7 @@ def _codec_once(compressor: Compressor, x: torch.Tensor, ctx: TensorContext) -> 
         compressor.decode_add(payload, out, ctx)
         return mid - start, time.perf_counter() - mid
     start = time.perf_counter()
-    run_lockstep([compressor.exchange(x, ctx)])
+    _run_alone(compressor.exchange(x, ctx))
     return time.perf_counter() - start, 0.0
 
 
@@ -246,22 +248,45 @@ def _median_max(runs: Sequence[float], numel: int, group) -> float:
     return value
 
 
+def _run_alone(protocol: Protocol[T]) -> T:
+    """Drive one protocol on a world of one, each collective answered as a backend answers it there.
+
+    A world-of-one all-reduce is its input (the native one reduces in place), an all-gather
+    or all-to-all its input as one row, a broadcast its input: views, no copies, so a timed
+    exchange counts only its own local work (the collectives' cost is the calibrated part of
+    the model; :func:`~commlib.comm.local.run_lockstep` would add two copies per collective).
+    """
+    answer = None
+    while True:
+        try:
+            request = protocol.send(answer)
+        except StopIteration as stop:
+            return stop.value
+        results = tuple(r.tensor if isinstance(r, AllReduce) else
+                        r.tensor.unsqueeze(0) if isinstance(r, AllGather) else r.tensor for r in as_round(request))
+        answer = results if isinstance(request, tuple) else results[0]
+
+
 def exchange_local_seconds(
     option: Option, shape: Sequence[int] = (1024, 1024), tensors: int = 3, repeats: int = 3, seed: int = 0, group=None,
     feedback: ErrorFeedback | None = None, native_dense: bool = False,
 ) -> float:
     """Seconds per element ``GradientExchange`` spends on its own work for tensors of ``shape`` under ``option``.
 
-    Steps: build a bucket of ``tensors`` Gaussian tensors of ``shape`` (several,
-    so the working set and the fusion of their protocols are as in a real
-    bucket); run it through the real exchange on a world of one
-    (:func:`~commlib.comm.local.run_lockstep`: no communication) — with
+    Steps: build a bucket as DDP does, ``tensors`` Gaussian tensors of ``shape``
+    as views of one flat buffer (several, so the working set and the fusion of
+    their protocols are as in a real bucket); hand it over (``inplace=True``,
+    as the DDP hook does, so results written into the bucket are timed as in
+    training) to the real exchange on a world of one (no communication, its
+    collectives answered without copies: :func:`_run_alone`) — with
     ``option``'s compressor, every tensor compressed, or for ``fp32`` through
-    the ordered dense all-reduce path a policy uses for its ``fp32`` layers
-    (non-finite check, concatenation, ordered sum, division, split); time the
-    median of ``repeats`` exchanges after one untimed (first-touch
-    allocations). This is the exchange's code, so it counts what isolated
-    codec timings miss (allocations, cache misses of a bucket, protocol
+    the dense path a policy uses for its ``fp32`` layers (ordered: non-finite
+    check, concatenation, ordered sum, division, split; ``native_dense``: the
+    bucket divided in place for one native all-reduce); refill the bucket from
+    the same values before each run (untimed) and time the median of
+    ``repeats`` exchanges after one untimed (first-touch allocations). This is
+    the exchange's code, so it counts what isolated codec timings miss
+    (allocations, cache misses of a bucket, protocol
     bookkeeping). ``group``: every rank times at once, max over ranks (see
     :func:`codec_seconds`). ``feedback``: the error feedback the policy runs under
     (a fresh copy wraps every compressed tensor, as in training: its ``message`` and
@@ -269,7 +294,6 @@ def exchange_local_seconds(
     ``native_dense``: time the exchange as configured so (``fp32``: the in-place native path).
     """
     from ..comm.exchange import ExchangeConfig, GradientExchange
-    from ..comm.local import run_lockstep
     from ..compress import TopK
 
     if repeats < 1 or tensors < 1:
@@ -282,19 +306,22 @@ def exchange_local_seconds(
     wrapper = None if feedback is None or dense else copy.deepcopy(feedback)
     exchange = GradientExchange(TopK(density=0.5) if dense else option.build(), 0, 1, config,  # fp32: dense warm-up
                                 feedback=wrapper)
-    gen = torch.Generator().manual_seed(seed)
-    named = [(f"t{i}", torch.randn(*shape, generator=gen)) for i in range(tensors)]
+    numel = math.prod(shape)
+    values = torch.randn(tensors * numel, generator=torch.Generator().manual_seed(seed))
+    bucket = torch.empty_like(values)
+    named = [(f"t{i}", bucket[i * numel : (i + 1) * numel].view(*shape)) for i in range(tensors)]
     runs = []
     for step in range(repeats + 1):
+        bucket.copy_(values)
         if group is not None:
             import torch.distributed as dist
 
             dist.barrier(group=group)
         start = time.perf_counter()
-        run_lockstep([exchange.protocol(named, step=step)])
+        _run_alone(exchange.protocol(named, step=step, inplace=True))
         if step:
             runs.append(time.perf_counter() - start)
-    return _median_max(runs, tensors * math.prod(shape), group)
+    return _median_max(runs, tensors * numel, group)
 
 
 def half_reduce_seconds(dtype: torch.dtype, numel: int, group, repeats: int = 3) -> float:

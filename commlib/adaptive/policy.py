@@ -35,6 +35,12 @@ the same rounds (each round's seconds maxed over ranks) to :meth:`LGreCo.refine`
 refits the model (:meth:`TimeCost.update`) — so every rank holds the same model and rank 0
 re-solves with it. The simulator has no real timings: there the model stays as given.
 
+With a ``TimeCost``, a runtime that notes its buckets (:meth:`LGreCo.note_bucket`: which
+registered layers travel together, in the window) has each re-solve's choice checked bucket
+by bucket: the per-layer DP pays a latency per layer, the exchange one per fused collective,
+so where a bucket is predicted faster with all of its layers ``fp32``
+(:func:`~commlib.adaptive.cost.exchange_seconds`), they go ``fp32``.
+
 Call :meth:`~LGreCo.decide` before :meth:`~LGreCo.observe` within a step. All
 state is in :meth:`~LGreCo.state_dict` (tensors and plain values).
 :class:`AdaptivePolicy` is the interface runtimes rely on (met by
@@ -54,7 +60,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cost import CostModel, ElementCost, RoundTiming, TimeCost, cost_table
+from .cost import CostModel, ElementCost, RoundTiming, TimeCost, cost_table, exchange_seconds
 from .dp import Solution, solve
 from .options import Option, default_grid
 from .tables import ErrorAccumulator, error_table
@@ -110,6 +116,7 @@ class LGreCoStats:
     refit_measured_s: float = 0.0  # the last refinement's rounds: seconds measured (slowest rank) …
     refit_predicted_s: float = 0.0  # … predicted by the model before the refinement …
     refit_refined_s: float = 0.0  # … and after it
+    dense_buckets: int = 0  # buckets a re-solve sent all fp32, predicted faster as a whole (TimeCost), summed
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -199,6 +206,7 @@ class LGreCo:
         self._decision = torch.zeros(0, dtype=torch.int64)
         self._bytes = np.zeros((0, len(grid)))
         self._accumulator = ErrorAccumulator(self.window)
+        self._buckets: dict[tuple[str, ...], int] = {}  # noted since the last solve: layer names -> other dense numel
         self._next_solve = self.period
 
     # -- layers ----------------------------------------------------------------------------------------
@@ -306,12 +314,52 @@ class LGreCo:
         self.last_solution, self.last_tables = solution, (errors, costs)
         self.stats.solves += 1
         self.stats.budget, self.stats.predicted_error = solution.budget, solution.error
-        self._apply(torch.from_numpy(solution.choice))
+        self._apply(torch.from_numpy(self._whole_buckets(solution.choice.copy())))
         _log.info("L-GreCo solve %d at step %d: %s; predicted %.0f bytes/step (uniform %.0f), error %.4g of budget "
                   "%.4g (%s); choices %s", self.stats.solves, self.stats.last_step, self.option_counts(),
                   self.stats.predicted_bytes, self.stats.default_bytes, solution.error, solution.budget,
                   solution.source, {n: str(o) for n, o in self.choices().items()})
         return solution
+
+    def note_bucket(self, names: Sequence[str], dense_numel: int = 0) -> None:
+        """The runtime sends the registered layers ``names`` in one bucket, beside ``dense_numel`` other elements.
+
+        Kept until the next :meth:`solve`, which checks each noted bucket as a whole
+        (a ``TimeCost`` only; see :meth:`_whole_buckets`). ``ValueError`` for an unregistered
+        name or a negative count.
+        """
+        unknown = sorted(set(names) - set(self.layer_names))
+        if unknown:
+            raise ValueError(f"LGreCo.note_bucket: layers {unknown} are not registered")
+        if isinstance(dense_numel, bool) or not isinstance(dense_numel, int) or dense_numel < 0:
+            raise ValueError(f"LGreCo.note_bucket: dense_numel must be an int >= 0, got {dense_numel!r}")
+        if names:
+            self._buckets[tuple(names)] = dense_numel
+
+    def _whole_buckets(self, choice: np.ndarray) -> np.ndarray:
+        """``choice`` with each noted bucket sent all ``fp32`` where that is predicted faster; clears the notes.
+
+        The DP prices layers one by one, each paying its own latency; the exchange fuses a
+        bucket's tensors into one collective per round and kind, so an all-``fp32`` bucket is one
+        all-reduce, and compressing even a small layer of it adds the compressed kind's collective
+        (its latency) to the bucket. Per noted bucket: :func:`exchange_seconds` of the DP's
+        choice against all of its layers ``fp32``; the faster wins (``fp32`` adds no error, so the
+        budget still holds). Only with a ``TimeCost``: the other models count no latency.
+        """
+        buckets, self._buckets = self._buckets, {}
+        if not isinstance(self.cost_model, TimeCost):
+            return choice
+        fp32 = self.options.index(Option("fp32"))
+        rows = {name: row for row, name in enumerate(self.layer_names)}
+        for names, dense_numel in buckets.items():
+            idx = [rows[name] for name in names]
+            chosen = [(self.shapes[r], self.options[choice[r]]) for r in idx]
+            dense = [(self.shapes[r], self.options[fp32]) for r in idx]
+            if (exchange_seconds(self.cost_model, dense, self.world_size, dense_numel)
+                    < exchange_seconds(self.cost_model, chosen, self.world_size, dense_numel)):
+                choice[idx] = fp32
+                self.stats.dense_buckets += 1
+        return choice
 
     def refine(self, rounds: Sequence[RoundTiming]) -> None:
         """Refine the ``TimeCost`` from measured collective rounds (``refine_time``); call it on every rank alike.

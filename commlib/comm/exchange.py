@@ -34,7 +34,8 @@ is not used. Steps ``τ = step − start_step`` count compressed steps:
 
 4. In the window before a re-solve, rank 0 observes what the compressor is
    about to see for every registered tensor (the error-feedback message when
-   there is feedback, else the gradient), on finite steps only.
+   there is feedback, else the gradient), on finite steps only, and notes
+   which registered tensors share the bucket (:meth:`LGreCo.note_bucket`).
 5. After the last bucket of step ``t`` (``last=True``), when a re-solve is due
    at ``τ + 1``, rank 0 decides and the decision (int64 option indices) is
    broadcast; every rank loads it, so it applies from the next step on.
@@ -104,7 +105,9 @@ class ExchangeConfig:
     0.4 s for 100 MB on 4 ranks over loopback). Every rank still ends with the same
     bits (the native sum is computed once per chunk), but dense tensors no longer
     carry the simulator's bits. In an all-dense bucket a rank's NaN/Inf reaches the
-    others through the sum, and ``BucketReport.non_finite`` only reports this rank's own.
+    others through the sum, and, as ``allreduce_hook``, the bucket is not scanned for
+    them (one pass over the gradients saved): ``BucketReport.non_finite`` then reports
+    only a bucket rank 0 scanned to observe it for a policy.
     """
 
     seed: int = 0
@@ -369,9 +372,18 @@ class GradientExchange:
         chosen = [choose(name, x.shape) for (name, _), x in zip(named, xs)]
         compressed = [i for i, c in enumerate(chosen) if c is not None]
         dense = sorted(set(range(len(xs))) - set(compressed))
-        bad = not all(ops.all_finite(x) for x in xs)
-        mine = self._observe(named, xs, step, bad, report) if self.policy is not None else []
-        if not compressed and self.config.native_dense and not self._warm_start_due(step):
+        mine = self._policy_tensors(named, xs, report) if self.policy is not None else []
+        observing = self._observation_due(step, mine)
+        native = not compressed and self.config.native_dense and not self._warm_start_due(step)
+        # The all-dense native path needs no flag: like allreduce_hook it skips the pass over the bucket
+        # unless the policy observes this step (it observes finite steps only).
+        bad = (observing or not native) and not all(ops.all_finite(x) for x in xs)
+        if observing and isinstance(self.policy, LGreCo):
+            others = sum(x.numel() for x in xs) - sum(xs[i].numel() for i in mine)
+            self.policy.note_bucket([named[i][0] for i in mine], others)
+        if observing and not bad:
+            self._observe(named, xs, step, mine)
+        if native:
             report.non_finite = bad
             report.policy_sent = sum(4 * xs[i].numel() for i in mine)
             return (yield from self._native_dense(named, xs, step, report, inplace))
@@ -440,26 +452,30 @@ class GradientExchange:
                 f"for some of {names} (this is rank {self.rank})"
             )
 
-    def _observe(self, named: Sequence[tuple[str, Tensor]], xs: list[Tensor], step: int, bad: bool,
-                 report: BucketReport) -> list[int]:
-        """Rank 0's observation (step 4) when the policy wants one; returns the indices of the policy's tensors.
-
-        Also prices those tensors at their current options (``report.policy_predicted``).
-        """
+    def _policy_tensors(self, named: Sequence[tuple[str, Tensor]], xs: list[Tensor],
+                        report: BucketReport) -> list[int]:
+        """The indices of the policy's tensors; prices them at their current options (``report.policy_predicted``)."""
         choices = self.policy.choices()
         mine = [i for i, (name, _) in enumerate(named) if name in choices]
         report.policy_predicted = sum(choices[named[i][0]].wire_bytes(xs[i].shape) for i in mine)
-        tau = step - self.config.start_step
-        if self.rank == 0 and mine and not bad and tau >= 0 and self.policy.wants_gradients(tau):
-            if self.feedback is None:  # PowerSGD's own error feedback, where a layer has some pending
-                seen = {named[i][0]: xs[i] for i in mine}
-                errors = self._powersgd_errors([named[i][0] for i in mine], [xs[i].shape for i in mine])
-                self.policy.observe(tau, seen, errors or None)
-            else:
-                seen = {named[i][0]: self.feedback.message(named[i][0], xs[i], self._context(named[i][0], step))
-                        for i in mine}
-                self.policy.observe(tau, seen)
         return mine
+
+    def _observation_due(self, step: int, mine: list[int]) -> bool:
+        """Whether rank 0 observes this step's policy tensors (step 4; finite steps only)."""
+        tau = step - self.config.start_step
+        return self.rank == 0 and bool(mine) and tau >= 0 and self.policy.wants_gradients(tau)
+
+    def _observe(self, named: Sequence[tuple[str, Tensor]], xs: list[Tensor], step: int, mine: list[int]) -> None:
+        """Rank 0's observation (step 4): what the compressors are about to see for the policy's tensors ``mine``."""
+        tau = step - self.config.start_step
+        if self.feedback is None:  # PowerSGD's own error feedback, where a layer has some pending
+            seen = {named[i][0]: xs[i] for i in mine}
+            errors = self._powersgd_errors([named[i][0] for i in mine], [xs[i].shape for i in mine])
+            self.policy.observe(tau, seen, errors or None)
+        else:
+            seen = {named[i][0]: self.feedback.message(named[i][0], xs[i], self._context(named[i][0], step))
+                    for i in mine}
+            self.policy.observe(tau, seen)
 
     def _start(self, compressor: Compressor, name: str, x: Tensor, step: int,
                writable: bool = False) -> tuple[Protocol, Round]:

@@ -42,12 +42,22 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..adaptive import Accordion, LGreCo
+from ..adaptive import (
+    Accordion,
+    ByteCost,
+    CostModel,
+    ElementCost,
+    LGreCo,
+    Option,
+    calibrate,
+    default_grid,
+    measure_codec_times,
+)
 from ..compress.base import GatherCompressor
 from ..compress.dense import Identity
 from ..ddp import CommState, hook
 from ..ddp.robust import RobustState, robust_hook
-from ..feedback import require_local_compressor
+from ..feedback import ErrorFeedback, require_local_compressor
 from .data import load_digits
 from .logs import JsonLinesLog, StepLog, TensorBoardLog, step_record, tensorboard_available
 from .loop import TrainConfig, evaluate, make_optimizer, train_ddp
@@ -71,6 +81,8 @@ class TrainSettings:
     policy_period: int = 50
     accordion_heavy: str | None = None
     lgreco_alpha: float = 1.0
+    lgreco_cost: str = "elements"
+    lgreco_refine: bool = False
     aggregate: str | None = None
     byzantine: tuple[int, ...] = ()
     attack: str | None = None
@@ -151,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                "examples:\n"
                "  commlib train --spawn 4 --compressor topk:0.01 --feedback econtrol --log-jsonl topk.jsonl\n"
                "  commlib train --spawn 4 --compressor topk:0.1 --policy lgreco --policy-period 50\n"
+               "  commlib train --spawn 4 --compressor topk:0.01 --feedback econtrol --policy lgreco \\\n"
+               "      --lgreco-cost time --native-dense\n"
                "  commlib train --spawn 4 --compressor topk:0.2 --policy accordion --accordion-heavy topk:0.05\n"
                "  commlib train --spawn 4 --aggregate flag --byzantine 3 --attack alie\n"
                "  commlib train --spawn 4 --config run.json   # {\"compressor\": \"qsgd:4\", \"steps\": 200}")
@@ -167,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="steps between the policy's decisions (default 50)")
     method.add_argument("--lgreco-alpha", type=number_type(float, 0, strict=True), default=1.0, metavar="A",
                         help="L-GreCo error budget relative to the default option (default 1)")
+    method.add_argument("--lgreco-cost", choices=["elements", "bytes", "time"], default="elements",
+                        help="what L-GreCo minimises: elements sent (the paper's), bytes on the wire, or seconds "
+                             "(a time model calibrated on this process group at start-up: each collective timed at "
+                             "a few sizes, each option's local work on the model's largest layer)")
+    method.add_argument("--lgreco-refine", action="store_true",
+                        help="with --lgreco-cost time: refine the model from the hook's own timings at each re-solve")
     method.add_argument("--accordion-heavy", metavar="SPEC",
                         help="Accordion's heavy (more compressed) setting, an option like topk:0.05 or powersgd:2")
     rob = p.add_argument_group("Byzantine robustness")
@@ -280,6 +300,10 @@ def parse_settings(argv: Sequence[str] | None = None) -> tuple[TrainSettings, ar
                              "(topk:D, qsgd:BITS, powersgd:RANK[:ef], fp16, bf16, fp32)")
     elif args.accordion_heavy is not None:
         parser.error("--accordion-heavy applies only with --policy accordion")
+    if args.policy != "lgreco" and (args.lgreco_cost != "elements" or args.lgreco_refine):
+        parser.error("--lgreco-cost and --lgreco-refine apply only with --policy lgreco")
+    if args.lgreco_refine and args.lgreco_cost != "time":
+        parser.error("--lgreco-refine refines a time model: it needs --lgreco-cost time")
     if args.spawn is not None and args.byzantine and max(args.byzantine) >= args.spawn:
         parser.error(f"--byzantine {','.join(map(str, args.byzantine))}: ranks must be below --spawn {args.spawn}")
     if args.tensorboard is not None and not tensorboard_available():
@@ -292,7 +316,8 @@ def parse_settings(argv: Sequence[str] | None = None) -> tuple[TrainSettings, ar
     settings = TrainSettings(
         compressor=args.compressor, feedback=args.feedback, policy=args.policy, policy_period=args.policy_period,
         accordion_heavy=args.accordion_heavy,
-        lgreco_alpha=args.lgreco_alpha, aggregate=args.aggregate, byzantine=tuple(args.byzantine),
+        lgreco_alpha=args.lgreco_alpha, lgreco_cost=args.lgreco_cost, lgreco_refine=args.lgreco_refine,
+        aggregate=args.aggregate, byzantine=tuple(args.byzantine),
         attack=args.attack, strength=args.strength, nnm=args.nnm,
         worker_momentum=args.worker_momentum, sharded=args.sharded, dataset=args.dataset, hidden=args.hidden,
         steps=args.steps, batch_per_worker=args.batch_per_worker, lr=args.lr, momentum=args.momentum,
@@ -316,20 +341,45 @@ def _register(wrapped: DDP, settings: TrainSettings, world: int) -> CommState | 
         return state
     policy: LGreCo | Accordion | None = None
     compressor = make_compressor(settings.compressor)
+    feedback = make_feedback(settings.feedback) if settings.feedback else None
     if settings.policy == "lgreco":
         policy = LGreCo(period=settings.policy_period, window=min(10, settings.policy_period),
                         default_option=settings.compressor, alpha=settings.lgreco_alpha, world_size=world,
-                        seed=settings.seed)
+                        seed=settings.seed, cost_model=_lgreco_cost(wrapped.module, settings, feedback),
+                        refine_time=settings.lgreco_refine)
     elif settings.policy == "accordion":
         policy = Accordion(light=settings.compressor, heavy=settings.accordion_heavy, interval=settings.policy_period,
                            window=min(10, settings.policy_period))
     if policy is not None:
         compressor = Identity()
-    feedback = make_feedback(settings.feedback) if settings.feedback else None
     state = CommState(wrapped, compressor=compressor, feedback=feedback, seed=settings.seed,
                       start_step=settings.start_step, policy=policy, native_dense=settings.native_dense)
     wrapped.register_comm_hook(state, hook)
     return state
+
+
+def _lgreco_cost(model: torch.nn.Module, settings: TrainSettings, feedback: ErrorFeedback | None) -> CostModel:
+    """L-GreCo's cost model for ``--lgreco-cost``; ``time`` is measured here, on the process group.
+
+    Steps for ``time`` (every rank at once, every figure max-reduced, so every rank holds
+    the same model): time each compressed option of L-GreCo's grid for the default option
+    on the model's largest 2-D layer through the real exchange, under the run's error
+    feedback and dense path (:func:`~commlib.adaptive.measure_codec_times`; casts have no
+    codec entry: their reduction is the calibrated all-reduce's); then time each collective
+    kind at a few sizes and fit the model (:func:`~commlib.adaptive.calibrate`); price the
+    ``fp32`` layers as the path ``--native-dense`` chooses.
+    """
+    if settings.lgreco_cost == "elements":
+        return ElementCost()
+    if settings.lgreco_cost == "bytes":
+        return ByteCost()
+    shape = max((tuple(p.shape) for p in model.parameters() if p.dim() == 2), key=math.prod)
+    options = [o for o in default_grid(Option.parse(settings.compressor)) if not o.is_cast and o.applicable(shape)]
+    codec = measure_codec_times(options, shape=shape, repeats=2, group=dist.group.WORLD, feedback=feedback,
+                                native_dense=settings.native_dense)
+    cost = calibrate(repeats=3, codec=codec)
+    cost.native_dense = settings.native_dense
+    return cost
 
 
 class _NoBar:

@@ -151,13 +151,13 @@ def test_exchange_local_seconds_runs_the_policys_error_feedback_on_a_copy():
 
 def test_casts_time_their_conversion_not_an_exchange(monkeypatch):
     """A cast's reduction is the calibrated all-reduce's: codec_seconds must not run its exchange."""
-    from commlib.comm import local
+    from commlib.adaptive import measure
     from commlib.compress import FP16, Identity
 
     def refuse(*args, **kwargs):
         raise AssertionError("a cast's codec time ran an exchange")
 
-    monkeypatch.setattr(local, "run_lockstep", refuse)
+    monkeypatch.setattr(measure, "_run_alone", refuse)
     for cast in (FP16(), Identity()):
         enc, dec = codec_seconds(cast, (64, 64), repeats=1)
         assert enc > 0 and dec > 0
@@ -190,3 +190,40 @@ def test_codec_times_under_contention_agree_on_every_rank():
     results = run_workers(_codec_worker, 2, timeout=120)
     assert results[0] == results[1]
     assert all(enc > 0 for enc, _ in results[0].values())
+
+
+def test_run_alone_answers_each_collective_in_place_as_a_world_of_one():
+    from commlib.adaptive.measure import _run_alone
+    from commlib.comm.collectives import AllGather, AllReduce, AllToAll, Broadcast
+
+    a, b, c, d = torch.randn(5), torch.randn(3), torch.randn(1, 4), torch.randn(2)
+
+    def protocol():
+        summed = yield AllReduce(a, ordered=True)
+        gathered, exchanged = yield (AllGather(b), AllToAll(c))
+        sent = yield Broadcast(d)
+        return summed, gathered, exchanged, sent
+
+    summed, gathered, exchanged, sent = _run_alone(protocol())
+    assert summed is a and exchanged is c and sent is d
+    assert gathered.shape == (1, 3) and gathered.data_ptr() == b.data_ptr()  # a view, not a copy
+
+
+def test_exchange_local_seconds_hands_a_refilled_ddp_style_bucket_over(monkeypatch):
+    """As the DDP hook: views of one flat buffer, ``inplace=True``, the same values at the start of every run."""
+    from commlib.comm.exchange import GradientExchange, adjacent_view
+
+    seen = []
+    real = GradientExchange.protocol
+
+    def spy(self, named, step, inplace=False, last=False):
+        seen.append((inplace, adjacent_view([t for _, t in named]) is not None, named[0][1].clone()))
+        return real(self, named, step, inplace=inplace, last=last)
+
+    monkeypatch.setattr(GradientExchange, "protocol", spy)
+    for option, feedback in (("topk:0.1", EF14()), ("fp32", EF14()), ("powersgd:2:ef", None)):
+        seen.clear()
+        exchange_local_seconds(Option.parse(option), (32, 32), tensors=3, repeats=3, feedback=feedback,
+                               native_dense=True)
+        assert len(seen) == 4 and all(inplace and adjacent for inplace, adjacent, _ in seen)
+        assert all(torch.equal(first, seen[0][2]) for _, _, first in seen)  # refilled: results written in are undone

@@ -203,3 +203,57 @@ def test_once_solves_at_the_first_period_then_holds() -> None:
     assert repeating.stats.solves == 2  # at 4 and 8
     with pytest.raises(ValueError, match="once"):
         LGreCo(once=1)  # type: ignore[arg-type]
+
+
+def _bucket_policy(cost_model) -> LGreCo:
+    policy = LGreCo(period=4, window=2, default_option="topk:0.05", options=["topk:0.05", "fp32"],
+                    cost_model=cost_model, world_size=4)
+    policy.register({"small": (8, 16), "big": (64, 64)})
+    return policy
+
+
+def _solve_with_buckets(policy: LGreCo, buckets: list[tuple[list[str], int]], at: int = 4) -> dict[str, str]:
+    for step in (at - 2, at - 1):
+        g = torch.Generator().manual_seed(step)
+        policy.observe(step, {"small": torch.randn(8, 16, generator=g), "big": torch.randn(64, 64, generator=g)})
+        for names, others in buckets:
+            policy.note_bucket(names, others)
+    policy.decide(at)
+    return {name: str(option) for name, option in policy.choices().items()}
+
+
+def latency_bound(per_byte: float) -> TimeCost:
+    """An all-reduce with 10× an all-gather's latency; ``per_byte`` seconds per byte for both."""
+    return TimeCost(latency={"allreduce": 1e-2, "allgather": 1e-3},
+                    seconds_per_byte={"allreduce": per_byte, "allgather": per_byte}, native_dense=True)
+
+
+def test_a_bucket_predicted_faster_all_fp32_goes_fp32_as_a_whole():
+    """Per layer, top-k's all-gather (1 ms) beats fp32's all-reduce (10 ms); in one bucket the flag's all-reduce
+    is paid anyway, so top-k only adds a collective: the bucket check sends both layers fp32."""
+    alone = _solve_with_buckets(_bucket_policy(latency_bound(1e-12)), [])
+    assert alone == {"small": "topk:0.05", "big": "topk:0.05"}
+    policy = _bucket_policy(latency_bound(1e-12))
+    assert _solve_with_buckets(policy, [(["small", "big"], 64)]) == {"small": "fp32", "big": "fp32"}
+    assert policy.stats.dense_buckets == 1
+    assert policy.last_solution.choice.tolist() == [0, 0]  # the DP's own choice is kept for inspection
+    # the next solve saw no bucket notes: the DP's choice stands
+    assert _solve_with_buckets(policy, [], at=8) == alone and policy.stats.dense_buckets == 1
+
+
+def test_the_bucket_check_keeps_compression_where_bytes_dominate_and_needs_a_time_model():
+    policy = _bucket_policy(latency_bound(1e-6))  # 1 µs per byte: 16 KiB fp32 costs far more than a latency
+    assert _solve_with_buckets(policy, [(["small", "big"], 0)]) == {"small": "topk:0.05", "big": "topk:0.05"}
+    assert policy.stats.dense_buckets == 0
+    by_bytes = _bucket_policy(ByteCost())
+    assert _solve_with_buckets(by_bytes, [(["small", "big"], 0)]) == {"small": "topk:0.05", "big": "topk:0.05"}
+
+
+@pytest.mark.parametrize("names, others, match", [
+    (["small", "nope"], 0, r"layers \['nope'\] are not registered"),
+    (["small"], -1, "dense_numel must be an int >= 0"),
+    (["small"], 1.5, "dense_numel must be an int >= 0"),
+])
+def test_note_bucket_rejects_what_it_cannot_use(names, others, match):
+    with pytest.raises(ValueError, match=match):
+        _bucket_policy(ByteCost()).note_bucket(names, others)

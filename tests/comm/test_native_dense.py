@@ -99,9 +99,56 @@ def test_a_non_finite_value_reaches_every_rank_through_the_native_sum() -> None:
     workers = [GradientExchange(TopK(0.1), r, N, ExchangeConfig(start_step=2, min_numel=16, native_dense=True))
                for r in range(N)]
     results, _ = _step(workers, buffers, step=0, inplace=True)
-    for rank, (means, report) in enumerate(results):
-        assert torch.isnan(means[0].reshape(-1)[5]) and report.non_finite == (rank == 1)  # only its own NaN seen
+    for means, report in results:
+        assert torch.isnan(means[0].reshape(-1)[5]) and not report.non_finite  # not scanned, as allreduce_hook
+
+
+def test_the_all_dense_native_path_scans_the_bucket_only_when_the_policy_observes(monkeypatch) -> None:
+    from commlib import ops
+
+    scanned: list[int] = []
+    real = ops.all_finite
+    monkeypatch.setattr(ops, "all_finite", lambda t: scanned.append(t.numel()) or real(t))
+    policy = LGreCo(period=4, window=2, options=["fp32", "topk:0.1"], default_option="fp32")
+    exchange = GradientExchange(Identity(), 0, 1, ExchangeConfig(start_step=0, min_numel=16, native_dense=True),
+                                policy=policy)
+    exchange.register({"w": torch.Size((16, 16))})
+    buffer = _buckets(4)[0]
+    buffer[7] = float("inf")
+    for step, observed in [(0, False), (1, False), (2, True), (3, True)]:
+        scanned.clear()
+        ((means, report),) = run_lockstep([exchange.protocol(_named(buffer.clone()), step, inplace=True)])
+        assert bool(scanned) == observed and report.non_finite == observed
+        assert torch.isinf(means[0].reshape(-1)[7])  # the value reaches the mean either way
 
 
 def test_native_dense_is_part_of_the_config() -> None:
     assert not ExchangeConfig().native_dense and ExchangeConfig(native_dense=True).native_dense
+
+
+def test_rank_0_notes_its_buckets_in_the_window_and_the_solve_checks_them_whole() -> None:
+    """A time model that prices fp32's all-reduce at 10 all-gathers: per layer, top-k pays; in one bucket it
+    only adds the all-gather to the flag's all-reduce, so the layers the exchange noted together go fp32."""
+    from commlib.adaptive import TimeCost
+
+    def workers(note: bool) -> list[GradientExchange]:
+        out = []
+        for r in range(N):
+            cost = TimeCost(latency={"allreduce": 1e-2, "allgather": 1e-3},
+                            seconds_per_byte={"allreduce": 1e-12, "allgather": 1e-12}, native_dense=True)
+            policy = LGreCo(period=3, window=2, options=["topk:0.1", "fp32"], default_option="topk:0.1",
+                            cost_model=cost, world_size=N)
+            if not note:
+                policy.note_bucket = lambda names, dense_numel=0: None
+            ex = GradientExchange(Identity(), r, N, ExchangeConfig(start_step=0, min_numel=16, native_dense=True),
+                                  policy=policy)
+            ex.register({"w": torch.Size((16, 16))})
+            out.append(ex)
+        return out
+
+    for note, expected in ((True, "fp32"), (False, "topk:0.1")):
+        exchanges = workers(note)
+        for step in range(3):
+            run_lockstep([w.protocol(_named(b), step, last=True) for w, b in zip(exchanges, _buckets(step))])
+        assert [str(w.policy.choices()["w"]) for w in exchanges] == [expected] * N
+        assert exchanges[0].policy.stats.dense_buckets == int(note)

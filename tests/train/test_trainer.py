@@ -39,6 +39,9 @@ def parse_error(capsys, argv: list[str]) -> str:
     (["--policy", "accordion", "--compressor", "topk:0.2", "--accordion-heavy", "zip"],
      "--accordion-heavy zip is not a policy option"),
     (["--accordion-heavy", "topk:0.05"], "--accordion-heavy applies only with --policy accordion"),
+    (["--lgreco-cost", "time"], "--lgreco-cost and --lgreco-refine apply only with --policy lgreco"),
+    (["--policy", "lgreco", "--compressor", "topk:0.1", "--lgreco-refine"], "it needs --lgreco-cost time"),
+    (["--policy", "lgreco", "--lgreco-cost", "seconds"], "argument --lgreco-cost: invalid choice: 'seconds'"),
     (["--spawn", "2", "--aggregate", "mean", "--byzantine", "2", "--attack", "alie"], "must be below --spawn 2"),
     (["--log-jsonl", "/nonexistent/dir/log.jsonl"], "--log-jsonl: directory /nonexistent/dir does not exist"),
     (["--resume", "/nonexistent.pt"], "--resume: no such file"),
@@ -119,6 +122,19 @@ def test_spawned_lgreco_run_takes_powersgd_with_its_own_error_feedback(tmp_path)
     options = torch.load(ckpt, weights_only=True)["comm"]["exchange"]["options"]
     assert options and all(name.endswith(":ef") for name in options), sorted(options)
     assert any(float(e.norm()) > 0 for state in options.values() for e in state["e"].values())
+
+
+def test_spawned_lgreco_run_with_a_time_model_logs_its_predicted_collective_time(tmp_path):
+    log = tmp_path / "time.jsonl"
+    flags = ["--compressor", "topk:0.1", "--feedback", "ef14", "--policy", "lgreco", "--policy-period", "3",
+             "--lgreco-cost", "time", "--lgreco-refine", "--native-dense"]
+    settings = parse_settings(flags)[0]
+    assert (settings.lgreco_cost, settings.lgreco_refine) == ("time", True)
+    code = cli.main(["train", "--spawn", "2", "--steps", "8", *flags, "--log-jsonl", str(log), "--no-progress"])
+    assert code == 0
+    records = read_jsonl(log)
+    assert len(records) == 8 and all(r["predicted_collective_s"] > 0 for r in records), records
+    assert all(r["collective_s"] > 0 for r in records)
 
 
 def test_resumed_run_repeats_the_uninterrupted_one_and_robust_runs_log(tmp_path):
