@@ -414,8 +414,10 @@ class GradientExchange:
             return self._split(total.div_(self.world_size), xs), report
 
         out: list[Tensor] = [torch.empty(0)] * len(xs)
-        for i, mean in zip(dense, self._split(total_dense[:-1].div(self.world_size), [xs[i] for i in dense])):
-            out[i] = mean
+        # Handed over (and no warm start reading the gradients): the means go straight into the bucket.
+        into_bucket = inplace and not self._warm_start_due(step)
+        for i, total in zip(dense, self._split(total_dense[:-1], [xs[i] for i in dense])):
+            out[i] = torch.div(total, self.world_size, out=xs[i]) if into_bucket else total.div(self.world_size)
         if self._warm_start_due(step):
             choose = self._chooser(self.config.start_step)
             for i in dense:

@@ -200,3 +200,38 @@ def test_consistency_check_catches_diverged_feedback_state() -> None:
     run_lockstep([w.protocol(g, 3) for w, g in zip(workers, _grads(n, seed=3))])  # step 3: not checked
     with pytest.raises(StateDivergenceError, match="ranks \\[1\\]"):
         run_lockstep([w.protocol(g, 4) for w, g in zip(workers, _grads(n, seed=4))])
+
+
+def _bucket(buffer: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """DDP's layout: views of one flat buffer (a 32×32 weight, its bias, a small 4×4 tensor)."""
+    return [("w", buffer[:1024].view(32, 32)), ("b", buffer[1024:1056]), ("small", buffer[1056:].view(4, 4))]
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_a_handed_over_mixed_bucket_gets_its_dense_means_in_place_with_the_same_bits(native: bool) -> None:
+    n = 3
+    buffers = [torch.randn(1072, generator=torch.Generator().manual_seed(r)) for r in range(n)]
+
+    def exchange(handed: list[torch.Tensor], inplace: bool):
+        workers = [GradientExchange(TopK(density=0.1), r, n, ExchangeConfig(native_dense=native)) for r in range(n)]
+        return run_lockstep([w.protocol(_bucket(b), 5, inplace=inplace) for w, b in zip(workers, handed)])
+
+    reference = exchange([b.clone() for b in buffers], inplace=False)
+    results = exchange(buffers, inplace=True)
+    for (expected, _), (means, _), buffer in zip(reference, results, buffers):
+        assert all(torch.equal(a, b) for a, b in zip(expected, means))
+        for mean, (_, view) in zip(means[1:], _bucket(buffer)[1:]):  # the dense ones
+            assert mean.data_ptr() == view.data_ptr() and torch.equal(mean, view)
+
+
+def test_a_handed_over_bucket_keeps_its_gradients_for_the_feedback_warm_start() -> None:
+    from commlib.feedback import EControl
+
+    n = 2
+    buffers = [torch.randn(1072, generator=torch.Generator().manual_seed(r)) for r in range(n)]
+    gradients = [b[:1024].view(32, 32).clone() for b in buffers]
+    config = ExchangeConfig(start_step=2, feedback_warm_start=True)
+    workers = [GradientExchange(TopK(density=0.1), r, n, config, EControl(eta=0.1)) for r in range(n)]
+    run_lockstep([w.protocol(_bucket(b), 1, inplace=True) for w, b in zip(workers, buffers)])
+    for w, g in zip(workers, gradients):
+        assert torch.equal(w.feedback.get("w")["h_local"], g)
