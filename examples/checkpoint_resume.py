@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 from datetime import timedelta
 
 import torch
@@ -70,6 +71,10 @@ def main() -> None:
         print(f"resumed at step {ckpt['step']} of {args.steps}: accuracy {result.accuracy:.3f}; "
               f"parameters equal to the uninterrupted run: {same}")
     dist.barrier()
+    # DDP's reducer and the hook's finished futures still hold the group: release them (and collect any
+    # reference cycles) while the interpreter is whole, so the group's threads stop cleanly at teardown
+    del wrapped, state
+    gc.collect()
     dist.destroy_process_group()
 
 

@@ -10,6 +10,7 @@ state is written at the end (``--save``) and restored with ``--resume``.
 from __future__ import annotations
 
 import argparse
+import gc
 from datetime import timedelta
 
 import torch
@@ -56,6 +57,10 @@ def main() -> None:
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "comm": state.state_dict(), "step": cfg.steps}, args.save)
     dist.barrier()  # every rank's last collective has completed before any rank tears its group down
+    # DDP's reducer and the hook's finished futures still hold the group: release them (and collect any
+    # reference cycles) while the interpreter is whole, so the group's threads stop cleanly at teardown
+    del wrapped, state
+    gc.collect()
     dist.destroy_process_group()
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
 import sys
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
                            "byzantine": args.byzantine, "batch": args.batch, "worker_momentum": args.worker_momentum,
                            "seed": args.seed, "accuracy": accuracy}, f)
     dist.barrier()  # every rank's last collective has completed before any rank tears its group down
+    gc.collect()  # cycles still holding the group (finished futures) go while the interpreter is whole
     dist.destroy_process_group()
 
 

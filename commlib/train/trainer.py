@@ -27,6 +27,7 @@ names; flags on the command line win). One rank's run:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -517,6 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
         summary = run_rank(rank, world, settings)
         dist.barrier()  # every rank's last collective has completed before any rank tears its group down
+        gc.collect()  # cycles still holding the group (finished futures) go while the interpreter is whole
         dist.destroy_process_group()
         if rank != 0:
             return 0
