@@ -18,6 +18,9 @@ a warm-up). Every kernel's output is checked against its reference first.
   ``e.add_(g)``, ``topk_threshold``, ``index_fill_``;
 - fused QSGD (4 bits, buckets of 128, l2): encode (quantize + pack) and
   decode-add, against ``memcpy`` of the float32 input;
+- the non-finite check every exchange runs on its gradients each step
+  (:func:`commlib.ops.all_finite`: the kernel's exponent-bit max reduction)
+  against the reference's ``torch.aminmax`` and ``torch.isfinite(x).all()``;
 - at ``d = 2**24`` (``--sketch-d``): count sketch (1 and 5 rows, ``d/100``
   columns per row) add and unsketch, and block SRHT (blocks of 4096, 205 rows
   kept: ``s ≈ d/20``) forward and transpose, against ``memcpy``; beside them
@@ -34,6 +37,7 @@ Usage::
 
     python benchmarks/kernels.py [--sizes 1000000 25000000 100000000] [--threads 2] [--repeats 5] [--out PATH]
     python benchmarks/kernels.py --quick   # smoke run: d = 1M, sketches at 2**20, 3 repeats
+    python benchmarks/kernels.py --groups finite --out benchmarks/results/kernels_finite.json  # some groups only
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ import commlib.ops as ops
 from commlib.ops import reference
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "kernels.json"
+GROUPS = ("copy", "topk", "ef", "pack", "qsgd", "finite", "sketch")
 
 
 @dataclass
@@ -147,6 +152,12 @@ def size_cases(d: int, with_reference: bool, seed: int) -> list[Case]:
     if with_reference:
         cases.append(Case("qsgd", "qsgd encode reference", lambda: reference.qsgd_encode(x, 128, 7, 4, False, 1),
                           fbytes, "memcpy (float32)"))
+    aminmax = "all_finite reference (aminmax)"
+    cases += [
+        Case("finite", aminmax, lambda: reference.all_finite(x), fbytes, aminmax),
+        Case("finite", "all_finite kernel", lambda: ops.all_finite(x), fbytes, aminmax),
+        Case("finite", "torch.isfinite(x).all()", lambda: bool(torch.isfinite(x).all()), fbytes, aminmax),
+    ]
     return cases
 
 
@@ -251,20 +262,26 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--quick", action="store_true", help="smoke run: d = 1M, sketches at 2**20, 3 repeats")
+    parser.add_argument("--groups", nargs="+", choices=GROUPS, default=list(GROUPS),
+                        help="time only these groups (memcpy always runs: every fraction needs it)")
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.sketch_d, args.repeats = [1_000_000], 2**20, 3
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
     rows: list[dict] = []
+    wanted = set(args.groups) | {"copy"}
     for d in args.sizes:
-        cases = size_cases(d, d <= args.reference_max_d, args.seed)
+        if wanted <= {"copy", "sketch"}:
+            break
+        cases = [c for c in size_cases(d, d <= args.reference_max_d, args.seed) if c.group in wanted]
         run_interleaved(cases, args.repeats if d <= 25_000_000 else max(2, args.repeats // 2))
         rows += summarize(d, cases)
         del cases
-    cases = sketch_cases(args.sketch_d, True, args.seed)
-    run_interleaved(cases, args.repeats)
-    rows += summarize(args.sketch_d, cases)
+    if "sketch" in wanted:
+        cases = sketch_cases(args.sketch_d, True, args.seed)
+        run_interleaved(cases, args.repeats)
+        rows += summarize(args.sketch_d, cases)
     print_table(rows)
     report = {
         "benchmark": "kernels",

@@ -43,7 +43,7 @@ RESULTS = Path(__file__).parent / "results"
 METHODS = ("uniform", "lgreco-norm", "lgreco-sq", "accordion", "lgreco-grid-norm", "lgreco-grid-sq",
            "lgreco-mixed-norm", "lgreco-mixed-sq")
 #: What must match for ``--merge`` to combine runs from an earlier results file with new ones.
-MERGE_KEYS = ("steps", "seeds", "period", "window", "batch", "layers", "chars")
+MERGE_KEYS = ("steps", "seeds", "period", "window", "first_solve", "batch", "layers", "chars")
 
 _QSGD_GRID = tuple(f"qsgd:{b}x{s}{n}" for b in (2, 4, 8) for s in (32, 128, 512, 2048) for n in ("", ":max"))
 _RANKS = tuple(f"powersgd:{r}" for r in (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64))
@@ -83,8 +83,9 @@ FAMILIES = {
 }
 
 
-def make_simulator(method: str, family: Family, seed: int, workers: int, period: int, window: int) -> Simulator:
-    """The simulator of one method (see the module docstring)."""
+def make_simulator(method: str, family: Family, seed: int, workers: int, period: int, window: int,
+                   first_solve: int | None = None) -> Simulator:
+    """The simulator of one method (see the module docstring); ``first_solve``: L-GreCo's (default: the period)."""
     feedback = EF14() if family.feedback else None
     if method == "uniform":
         return Simulator(Option.parse(family.default).build(), workers, seed=seed, feedback=feedback)
@@ -92,12 +93,18 @@ def make_simulator(method: str, family: Family, seed: int, workers: int, period:
         metric = "squared" if method.endswith("-sq") else "norm"
         options = family.grid if "-grid-" in method else family.mixed if "-mixed-" in method else None
         policy = LGreCo(period=period, window=window, alpha=1.0, options=list(options) if options else None,
-                        default_option=family.default, error_metric=metric, seed=seed)
+                        default_option=family.default, error_metric=metric, seed=seed, first_solve=first_solve)
     elif method == "accordion":
         policy = Accordion(family.light, family.heavy, interval=period, window=window, eta=0.5)
     else:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     return Simulator(Identity(), workers, seed=seed, feedback=feedback, policy=policy)
+
+
+def first_solve_note(args: object) -> str:
+    """``", first decision at step N"`` for the table headers when ``--first-solve`` was given, else ``""``."""
+    first = getattr(args, "first_solve", None)
+    return "" if first is None else f", first decision at compressed step {first}"
 
 
 def describe(sim: Simulator) -> dict[str, object]:

@@ -27,6 +27,7 @@ from lgreco_compare import (
     METHODS,
     RESULTS,
     describe,
+    first_solve_note,
     make_simulator,
     merge_runs,
     run_all,
@@ -41,7 +42,8 @@ def run(family: str, method: str, seed: int, args: argparse.Namespace) -> dict[s
     """One training run: its bytes, accuracy and the policy's final choices."""
     model = mlp(hidden=256, seed=seed)
     cfg = TrainConfig(steps=args.steps, seed=seed)
-    sim = make_simulator(method, FAMILIES[family], seed, 4, args.period, args.window)
+    sim = make_simulator(method, FAMILIES[family], seed, 4, args.period, args.window,
+                         args.first_solve)
     start = time.perf_counter()
     result = train_simulated(model, make_optimizer(model, cfg), load_digits(), cfg, sim)
     return {"family": family, "method": method, "seed": seed, "accuracy": result.accuracy,
@@ -59,6 +61,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--period", type=int, default=20)
     parser.add_argument("--window", type=int, default=10)
+    parser.add_argument("--first-solve", type=int, default=None,
+                        help="L-GreCo's first decision at this compressed step (default: the period); "
+                             "results go to a file named ..._first<N>")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--merge", action="store_true",
@@ -72,12 +77,15 @@ def main() -> None:
     tasks = [(family, method, seed, args) for family in args.families for method in FAMILIES[family].methods()
              if method in args.methods for seed in range(args.seeds)]
     name = "lgreco_digits_quick" if args.quick else "lgreco_digits"
+    if args.first_solve is not None:
+        name += f"_first{args.first_solve}"
     runs = run_all(_run_task, tasks, args.jobs)
     if args.merge:
         runs = merge_runs(RESULTS / f"{name}.json", runs, args)
     rows = summarize(runs, "accuracy", higher_is_better=True)
     header = (f"digits MLP (64-256-256-10), 4 simulated workers, {args.steps} steps, α = 1, period "
-              f"{args.period}, window {args.window}; mean over {args.seeds} seeds (bytes include the dense warm-up "
+              f"{args.period}, window {args.window}{first_solve_note(args)}; mean over {args.seeds} seeds "
+              f"(bytes include the dense warm-up "
               f"and the uniform steps before the first decision)")
     write_results(name, args, runs, rows, "accuracy", header, header.split(";")[0], RESULTS)
 

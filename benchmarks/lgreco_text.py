@@ -38,6 +38,7 @@ from lgreco_compare import (
     METHODS,
     RESULTS,
     describe,
+    first_solve_note,
     make_simulator,
     merge_runs,
     run_all,
@@ -142,7 +143,8 @@ def validation_loss(model: nn.Module, val_ids: Tensor) -> float:
 def run(family: str, method: str, seed: int, data: tuple[Tensor, Tensor, int], args: argparse.Namespace) -> dict:
     train_ids, val_ids, vocab = data
     model = CharTransformer(vocab, args.layers, seed)
-    sim = make_simulator(method, FAMILIES[family], seed, 4, args.period, args.window)
+    sim = make_simulator(method, FAMILIES[family], seed, 4, args.period, args.window,
+                         args.first_solve)
     start = time.perf_counter()
     train(model, sim, train_ids, args.steps, args.batch, seed)
     loss = validation_loss(model, val_ids)
@@ -163,6 +165,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--period", type=int, default=20)
     parser.add_argument("--window", type=int, default=10)
+    parser.add_argument("--first-solve", type=int, default=None,
+                        help="L-GreCo's first decision at this compressed step (default: the period); "
+                             "results go to a file named ..._first<N>")
     parser.add_argument("--batch", type=int, default=8, help="windows per worker per step")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--chars", type=int, default=200_000)
@@ -180,13 +185,16 @@ def main() -> None:
     tasks = [(family, method, seed, data, args) for family in args.families for method in FAMILIES[family].methods()
              if method in args.methods for seed in range(args.seeds)]
     name = "lgreco_text_quick" if args.quick else "lgreco_text"
+    if args.first_solve is not None:
+        name += f"_first{args.first_solve}"
     runs = run_all(_run_task, tasks, args.jobs)
     if args.merge:
         runs = merge_runs(RESULTS / f"{name}.json", runs, args)
     rows = summarize(runs, "val_loss", higher_is_better=False)
     header = (f"char transformer ({args.layers} layers, d {WIDTH}, context {CONTEXT}, vocabulary {data[2]}) on "
               f"pydoc_data/topics.py, 4 simulated workers × {args.batch} windows, {args.steps} steps, Adam, α = 1, "
-              f"period {args.period}, window {args.window}; mean over {args.seeds} seeds (bytes include the dense "
+              f"period {args.period}, window {args.window}{first_solve_note(args)}; mean over {args.seeds} seeds "
+              f"(bytes include the dense "
               f"warm-up and the uniform steps before the first decision)")
     write_results(name, args, runs, rows, "val_loss", header, header.split(" on ")[0], RESULTS)
 

@@ -5,6 +5,8 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(commlib, m) {
+  // x: contiguous float32, any shape. A 0-dim bool tensor: true when x holds no NaN and no +-Inf (CPU only).
+  m.def("all_finite(Tensor x) -> Tensor", {at::Tag::pt2_compliant_tag});
   // codes: 1-D contiguous uint8, every code < 2**bits; bits in {1, 2, 4, 8}.
   // Returns ceil(numel * bits / 8) bytes, little-endian within a byte, tail zero-padded.
   m.def("pack_bits(Tensor codes, int bits) -> Tensor", {at::Tag::pt2_compliant_tag});

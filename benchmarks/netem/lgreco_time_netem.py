@@ -37,7 +37,8 @@ runs once per world size, unshaped, on loopback. Each rank:
    L-GreCo decided with), **codec timed alone** (up-front link fit, rank 0's solo codec table) and
    **refined** — the up-front model refit from measured exchange rounds by the library's own
    :meth:`LGreCo.refine <commlib.adaptive.LGreCo.refine>` (``refine_time``: each round's slowest
-   rank, split among its collectives by :meth:`TimeCost.attribute`, :meth:`TimeCost.update`), with
+   rank, fitted jointly by :meth:`TimeCost.refit`; the exchanges' own work — their time less
+   their rounds' maxima — over the model's local seconds, :meth:`TimeCost.rescale_local`), with
    ``refine_momentum=1`` (the fit of the rounds themselves: what repeated refits on steady rounds
    converge to; the library's default 0.1 moves a tenth of the way per window). No circularity:
    the refit sees only the rounds of the **first half** of the repeats, and its predictions are
@@ -45,7 +46,8 @@ runs once per world size, unshaped, on loopback. Each rank:
    repeats). Two variants: **own rounds** (each configuration refit from its own rounds, as a
    ``refine_time`` policy sees only the rounds of the configuration it runs) and **all rounds**
    (one model refit from every configuration's rounds: does one ``α + β·bytes`` per collective
-   explain them all?). The refit touches only the link fits: codec times stay the up-front ones.
+   explain them all?). The codec tables stay the up-front ones, scaled as a whole by the first
+   half's own work over the up-front model's prediction of it.
    The ``Identity`` hook is one native all-reduce of every tensor plus its cast (priced as fp16's
    conversion, an upper bound of its in-place division).
 
@@ -170,16 +172,19 @@ def _reduced_rounds(rounds: dict[str, list[tuple[tuple, list[float]]]], op) -> d
     return out
 
 
-def _refined(base, rounds: list, world: int):
-    """``base`` refit from ``rounds`` the way a ``refine_time`` policy does it (:meth:`LGreCo.refine`), momentum 1."""
+def _refined(base, rounds: list, own_work: tuple[float, float], world: int):
+    """``base`` refit from ``rounds`` and the exchanges' own work (measured, predicted by ``base``) the way a
+    ``refine_time`` policy does it (:meth:`LGreCo.refine`), momentum 1."""
     from commlib.adaptive import LGreCo
 
     refiner = LGreCo(options=OPTIONS, default_option=DEFAULT, cost_model=copy.deepcopy(base), world_size=world,
                      refine_time=True, refine_momentum=1.0)
-    refiner.refine(rounds)
+    refiner.refine(rounds, own_work)
     return refiner.cost_model, {"rounds": len(rounds), "measured_s": refiner.stats.refit_measured_s,
                                 "predicted_before_s": refiner.stats.refit_predicted_s,
-                                "predicted_after_s": refiner.stats.refit_refined_s}
+                                "predicted_after_s": refiner.stats.refit_refined_s,
+                                "local_measured_s": own_work[0], "local_predicted_s": own_work[1],
+                                "local_scale": refiner.stats.local_scale}
 
 
 def _predict(model, choice: list[str] | None, weights: dict, bias_numel: int, world: int) -> float:
@@ -272,24 +277,32 @@ def worker(cfg: dict[str, Any], out: Path) -> None:
         timed = {label: [[RoundTiming(k, world, t) for k, t in zip(kinds, secs)]
                          for (kinds, _), secs in zip(rounds[label][1:], slowest[label])] for label in configs}
         learned = {label: [r for rep in timed[label][:half] for r in rep] for label in configs}
-        pooled, pooled_fit = _refined(upfront, [r for label in configs for r in learned[label]], world)
         no_codec = TimeCost(latency=upfront.latency, seconds_per_byte=upfront.seconds_per_byte)
+        runs_of = {label: _slowest(times[label][1:]) for label in configs}
+        wire_of = {label: [sum(secs) for secs in slowest[label]] for label in configs}
+        wire_only_of = {label: _predict(no_codec, choice, weights, bias_numel, world)
+                        for label, choice in configs.items()}
+        local_upfront_of = {label: _predict(upfront, choice, weights, bias_numel, world) - wire_only_of[label]
+                            for label, choice in configs.items()}
+        # the first half's own work (exchange less its rounds' maxima), measured and as the up-front model predicts it
+        own_work_of = {label: (sum(t - w for t, w in zip(runs_of[label][:half], wire_of[label][:half])),
+                               half * local_upfront_of[label]) for label in configs}
+        pooled, pooled_fit = _refined(upfront, [r for label in configs for r in learned[label]],
+                                      tuple(sum(v) for v in zip(*own_work_of.values())), world)
         rows = []
         for label, choice in configs.items():
-            runs = _slowest(times[label][1:])
+            runs, wire = runs_of[label], wire_of[label]
             measured, later = statistics.median(runs), statistics.median(runs[half:])
-            own, own_fit = _refined(upfront, learned[label], world)
+            own, own_fit = _refined(upfront, learned[label], own_work_of[label], world)
             predicted = {name: _predict(m, choice, weights, bias_numel, world)
                          for name, m in (("in_run", in_run), ("upfront", upfront), ("alone", alone),
                                          ("refined_own", own), ("refined_all", pooled))}
             against = {name: later if name.startswith("refined") else measured for name in predicted}
-            wire = [sum(secs) for secs in slowest[label]]
-            wire_only = _predict(no_codec, choice, weights, bias_numel, world)
             split = {"rounds_s": statistics.median(wire),
                      "rounds_last_rank_s": statistics.median(sum(secs) for secs in fastest[label]),
-                     "predicted_rounds_upfront_s": wire_only,
+                     "predicted_rounds_upfront_s": wire_only_of[label],
                      "local_s": statistics.median(t - w for t, w in zip(runs, wire)),
-                     "predicted_local_upfront_s": predicted["upfront"] - wire_only}
+                     "predicted_local_upfront_s": local_upfront_of[label]}
             rows.append({"config": label, "choice": choice, "measured_s": measured, "measured_second_half_s": later,
                          **split,
                          "runs_s": runs, "refit_own": own_fit, "refined_own_model": own.state_dict(),

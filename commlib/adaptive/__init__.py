@@ -14,7 +14,7 @@ decision tensor and builds the chosen compressors.
 from __future__ import annotations
 
 from .accordion import Accordion, AccordionStats
-from .cost import ByteCost, CostModel, ElementCost, TimeCost, Timing, cost_table
+from .cost import ByteCost, CostModel, ElementCost, RoundTiming, TimeCost, cost_table
 from .dp import Solution, solve
 from .measure import calibrate, measure_codec_times
 from .options import Option, default_grid, option_grid, rank_range
@@ -32,8 +32,8 @@ __all__ = [
     "LGreCoStats",
     "Option",
     "Solution",
+    "RoundTiming",
     "TimeCost",
-    "Timing",
     "calibrate",
     "cost_table",
     "default_grid",

@@ -22,8 +22,8 @@ models, all built on :meth:`Option.wire_bytes` (the compressor's own
   time`` over those collectives, with latency and bandwidth fitted per
   collective (native all-reduce, all-gather, all-to-all, split ordered
   all-reduce) by :func:`~commlib.adaptive.measure.calibrate` on the real process group (least squares of
-  ``α + β·bytes sent``), refined online by :meth:`TimeCost.update` (exponential
-  moving average), and local times from
+  ``α + β·bytes sent``), refined online by :meth:`TimeCost.refit` (a joint fit to
+  timed rounds, blended in), and local times from
   :func:`~commlib.adaptive.measure.measure_codec_times` — the real
   exchange run on a world of one, and measured with every rank of the group
   timing at once when a group is given, so they carry the CPU contention of
@@ -58,9 +58,9 @@ __all__ = [
     "ElementCost",
     "RoundTiming",
     "TimeCost",
-    "Timing",
     "collective_seconds",
     "cost_table",
+    "exchange_local_seconds_model",
     "exchange_seconds",
     "fit_linear",
     "option_collectives",
@@ -214,35 +214,14 @@ def _check_collective(collective: object, payload_bytes: object, what: str) -> N
 
 
 @dataclass(frozen=True)
-class Timing:
-    """One measured collective: ``seconds`` for a ``payload_bytes`` payload among ``world_size`` ranks.
-
-    ``ValueError`` for an unknown collective, negative or non-integer bytes, or negative or non-finite seconds.
-    """
-
-    collective: WireKind
-    payload_bytes: int
-    world_size: int
-    seconds: float
-
-    def __post_init__(self) -> None:
-        _check_collective(self.collective, self.payload_bytes, "Timing")
-        _check_world(self.world_size)
-        _check_seconds(self.seconds, "Timing")
-
-    @property
-    def wire_bytes(self) -> float:
-        return traffic_factor(self.collective, self.world_size) * self.payload_bytes
-
-
-@dataclass(frozen=True)
 class RoundTiming:
     """One round of collectives issued together, timed as a whole (an exchange cannot time them apart).
 
     ``collectives`` holds ``(kind, payload_bytes)`` per collective, the kind as the driver ran
     it (an ordered all-reduce is ``"allgather"`` below ``SPLIT_MIN_BYTES``, ``"ordered"`` from
-    there on: :func:`commlib.comm.traffic.wire_kind`). :meth:`TimeCost.attribute` splits
-    ``seconds`` among them. Validated like :class:`Timing`.
+    there on: :func:`commlib.comm.traffic.wire_kind`). :meth:`TimeCost.refit` fits the model
+    to such rounds. ``ValueError`` for an unknown collective, negative or non-integer bytes, a
+    world size below 1, or negative or non-finite seconds.
     """
 
     collectives: tuple[tuple[WireKind, int], ...]
@@ -303,6 +282,7 @@ class TimeCost(CostModel):
     seconds_per_byte: dict[str, float] = field(default_factory=lambda: {"allreduce": 8e-10, "allgather": 8e-10})
     codec: dict[str, tuple[float, float]] = field(default_factory=dict)
     native_dense: bool = False
+    local_scale: float = 1.0
     unit = "seconds"
 
     def __post_init__(self) -> None:
@@ -317,6 +297,9 @@ class TimeCost(CostModel):
                 raise ValueError(f"TimeCost codec[{key!r}] must be (encode, decode) seconds per element, got {pair!r}")
             if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in pair):
                 raise ValueError(f"TimeCost codec[{key!r}] must hold finite non-negative numbers, got {pair!r}")
+        scale = self.local_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"TimeCost local_scale must be a finite number > 0, got {scale!r}")
 
     def cost(self, option: Option, shape: Sequence[int], world_size: int) -> float:
         if self.native_dense and option.family == "fp32":
@@ -346,60 +329,75 @@ class TimeCost(CostModel):
         return alpha + beta * sent_bytes
 
     def codec_cost(self, option: Option, numel: int, world_size: int) -> float:
-        """Codec seconds of one tensor: ``numel·(encode + decodes·decode)``; an all-gather decodes ``n`` payloads."""
+        """Local seconds of one tensor: ``local_scale·numel·(encode + decodes·decode)``; an all-gather decodes
+        ``n`` payloads."""
         encode, decode = self.codec.get(str(option), (0.0, 0.0))
         decodes = world_size if option.collective == "allgather" else 1
-        return numel * (encode + decodes * decode)
+        return self.local_scale * numel * (encode + decodes * decode)
+
+    def rescale_local(self, measured_s: float, predicted_s: float, momentum: float = 0.1) -> None:
+        """Correct the local (codec) seconds toward measured ones: ``local_scale ← local_scale·(1 + momentum·(
+        measured_s/predicted_s − 1))``.
+
+        ``measured_s``: an exchange's own work as timed (its seconds less its collective rounds'),
+        summed over the timed buckets; ``predicted_s``: what this model predicts for the same
+        buckets (:func:`exchange_local_seconds_model`, at the current scale). The codec tables are
+        timed apart from training (a world of one, fixed shapes); the runtime's own work also
+        holds the driver's ordered sums, Python, and the other ranks on the same cores. Zero or
+        non-finite seconds carry nothing: nothing changes.
+        """
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 < momentum <= 1:
+            raise ValueError(f"momentum must be in (0, 1], got {momentum!r}")
+        if not (math.isfinite(measured_s) and math.isfinite(predicted_s) and measured_s > 0 and predicted_s > 0):
+            return
+        self.local_scale = float(self.local_scale * (1.0 + momentum * (measured_s / predicted_s - 1.0)))
 
     def round_seconds(self, collectives: Sequence[tuple[WireKind, int]], world_size: int) -> float:
         """Predicted seconds of a round of ``(kind, payload_bytes)`` collectives: the sum of their :meth:`seconds`."""
         return sum(self.seconds(kind, traffic_factor(kind, world_size) * payload) for kind, payload in collectives)
 
-    def attribute(self, measured: RoundTiming) -> list[Timing]:
-        """Split a round's measured seconds among its collectives in proportion to their predicted seconds.
+    def refit(self, rounds: Sequence[RoundTiming], momentum: float = 0.1) -> None:
+        """Fit ``α`` and ``β`` of the collectives in ``rounds`` to the rounds' seconds, all at once, then blend
+        them in: ``θ ← θ + momentum·(θ_fit − θ)``.
 
-        A round of one collective is that collective's timing. With several (issued together,
-        so timed together), collective ``i`` gets ``seconds·p_i / Σ p`` where ``p_i`` is this
-        model's prediction: the model's shares are kept and its total is corrected to the
-        measured one (equal shares when every prediction is 0).
-        """
-        kinds = measured.collectives
-        if not kinds:
-            return []
-        predicted = [self.seconds(kind, traffic_factor(kind, measured.world_size) * payload) for kind, payload in kinds]
-        total = sum(predicted)
-        shares = [p / total for p in predicted] if total > 0 else [1.0 / len(kinds)] * len(kinds)
-        return [Timing(kind, payload, measured.world_size, measured.seconds * share)
-                for (kind, payload), share in zip(kinds, shares)]
+        An exchange times a round, not its collectives, so the fit is joint:
 
-    def update(self, measured: Sequence[Timing], momentum: float = 0.1) -> None:
-        """Blend fits of new timings into the model: ``θ ← (1 − momentum)·θ + momentum·θ_new`` per collective.
+        1. unknowns: ``α_k`` and ``β_k`` of every kind ``k`` in the rounds (a kind without its own
+           fit starts from :meth:`fit`'s fallback);
+        2. each round ``r`` predicts ``Σ α_k + β_k·traffic`` over its collectives (the sum of
+           :meth:`round_seconds`), and its residual is taken relative to its seconds (timings span
+           orders of magnitude with roughly constant relative noise, as in :func:`fit_linear`);
+        3. least squares with ``θ ≥ 0``, as near the current model as the rounds allow
+           (:func:`_nonnegative_nearest_fit`): what the rounds determine is fitted, what they
+           cannot tell apart (``α`` and ``β`` of a kind seen at one size) keeps its current
+           split. A handful of unknowns; the same bits on every rank for the same rounds.
 
-        Samples that carry no information are skipped: zero bytes on the wire (a world of one,
-        an empty payload) or zero seconds. With two or more distinct sizes for a collective, both
-        ``α`` and ``β`` are refit (:func:`fit_linear`); with one size — or when the sizes'
-        timings do not grow with size (noise: :func:`fit_linear` finds no positive slope) — ``α``
-        is kept and ``β_new = max(t − α, 0) / wire_bytes`` (mean over the samples).
+        Rounds without collectives, with zero seconds or in a world of one carry no information
+        and are skipped; no such round: nothing changes.
         """
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 < momentum <= 1:
             raise ValueError(f"momentum must be in (0, 1], got {momentum!r}")
-        if not all(isinstance(m, Timing) for m in measured):
-            raise TypeError("TimeCost.update takes a sequence of Timing")
-        for kind in _ALL_KINDS:
-            samples = [m for m in measured if m.collective == kind and m.wire_bytes > 0 and m.seconds > 0]
-            if not samples:
-                continue
-            if kind not in self.latency:  # a first all-to-all fit starts from the all-gather's
-                self.latency[kind], self.seconds_per_byte[kind] = self.fit(kind)
-            wires = [m.wire_bytes for m in samples]
-            secs = [m.seconds for m in samples]
-            try:
-                alpha, beta = fit_linear(wires, secs)
-            except ValueError:  # one size, or timings that do not grow with size: refine β alone
-                alpha = self.latency[kind]
-                beta = float(np.mean([max(t - alpha, 0.0) / w for t, w in zip(secs, wires)]))
-            self.latency[kind] += momentum * (alpha - self.latency[kind])
-            self.seconds_per_byte[kind] += momentum * (beta - self.seconds_per_byte[kind])
+        if not all(isinstance(r, RoundTiming) for r in rounds):
+            raise TypeError("TimeCost.refit takes a sequence of RoundTiming")
+        used = [r for r in rounds if r.collectives and r.seconds > 0 and r.world_size > 1]
+        if not used:
+            return
+        kinds = [k for k in _ALL_KINDS if any(kind == k for r in used for kind, _ in r.collectives)]
+        current = {k: self.fit(k) for k in kinds}
+        design = np.zeros((len(used), 2 * len(kinds)))
+        for row, r in enumerate(used):
+            for kind, payload in r.collectives:
+                col = 2 * kinds.index(kind)
+                design[row, col] += 1.0
+                design[row, col + 1] += traffic_factor(kind, r.world_size) * payload
+            design[row] /= r.seconds
+        prior = np.array([v for k in kinds for v in current[k]])
+        floor = np.tile([1e-7, 1e-13], len(kinds))  # seconds, seconds per byte: units for a zero prior
+        fitted = _nonnegative_nearest_fit(design, np.ones(len(used)), prior, floor)
+        for i, kind in enumerate(kinds):
+            alpha, beta = current[kind]
+            self.latency[kind] = float(alpha + momentum * (fitted[2 * i] - alpha))
+            self.seconds_per_byte[kind] = float(beta + momentum * (fitted[2 * i + 1] - beta))
 
     def state_dict(self) -> dict[str, object]:
         return {
@@ -407,6 +405,7 @@ class TimeCost(CostModel):
             "seconds_per_byte": dict(self.seconds_per_byte),
             "codec": {k: list(v) for k, v in self.codec.items()},
             "native_dense": self.native_dense,
+            "local_scale": self.local_scale,
         }
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
@@ -414,9 +413,40 @@ class TimeCost(CostModel):
             latency=dict(state["latency"]),
             seconds_per_byte=dict(state["seconds_per_byte"]),
             codec={k: tuple(v) for k, v in dict(state["codec"]).items()},
+            local_scale=state.get("local_scale", 1.0),  # absent from states saved before it existed
         )
         self.latency, self.seconds_per_byte, self.codec = loaded.latency, loaded.seconds_per_byte, loaded.codec
+        self.local_scale = loaded.local_scale
         self.native_dense = bool(state.get("native_dense", False))  # absent from states saved before it existed
+
+
+def _nonnegative_nearest_fit(a: np.ndarray, y: np.ndarray, prior: np.ndarray, floor: np.ndarray) -> np.ndarray:
+    """Least-squares ``a·x ≈ y`` with ``x ≥ 0``, as near ``prior`` as the data leave it free to be.
+
+    1. Work in units of each unknown's prior value (``max(prior, floor)``): column ``j`` becomes
+       what the prior's ``x_j`` contributes to each row.
+    2. ``x = prior + δ`` with ``δ`` the minimum-norm least-squares solution of
+       ``a·δ = y − a·prior`` (SVD; singular values below 10⁻⁶ of the largest dropped): the data
+       fix every direction they determine, however far from the prior, and a direction they
+       cannot tell apart (columns in proportion: ``α`` and ``β`` of a collective seen at one
+       size) keeps the prior, the change shared in proportion to the squares of the prior's
+       contributions — so a latency-bound round corrects the latency, not the per-byte cost.
+    3. A coordinate that comes out negative is pinned at 0 (the most negative first) and the
+       rest refit, until none is.
+    """
+    units = np.maximum(prior, floor)
+    scaled, start = a * units, prior / units
+    free = np.ones(a.shape[1], dtype=bool)
+    x = start.copy()
+    for _ in range(a.shape[1]):
+        x = np.zeros(a.shape[1])
+        cols = scaled[:, free]
+        delta = np.linalg.lstsq(cols, y - cols @ start[free], rcond=1e-6)[0]
+        x[free] = start[free] + delta
+        if not (x[free] < 0).any():
+            break
+        free[np.flatnonzero(free)[np.argmin(x[free])]] = False
+    return np.maximum(x, 0.0) * units
 
 
 def cost_table(
@@ -469,7 +499,6 @@ def exchange_seconds(
     ordered = {"round1": 0 if model.native_dense else dense, "round2": 0}
     gathered = 0
     casts: dict[str, int] = {"fp32": dense} if model.native_dense else {}
-    codec = model.codec_cost(Option("fp32"), dense_numel + 1, world_size)
     for shape, option in layers:
         if option.family == "fp32" and model.native_dense:
             casts["fp32"] += option.wire_bytes(shape)
@@ -483,7 +512,17 @@ def exchange_seconds(
             casts[option.family] = casts.get(option.family, 0) + option.wire_bytes(shape)
         else:
             gathered += -(-option.wire_bytes(shape) // 8) * 8
-        codec += model.codec_cost(option, math.prod(shape), world_size)
     total = sum(collective_seconds(model, "allgather", p, world_size, ordered=True) for p in ordered.values() if p)
     total += collective_seconds(model, "allgather", gathered, world_size) if gathered else 0.0
-    return total + sum(collective_seconds(model, "allreduce", p, world_size) for p in casts.values()) + codec
+    total += sum(collective_seconds(model, "allreduce", p, world_size) for p in casts.values())
+    return total + exchange_local_seconds_model(model, layers, world_size, dense_numel)
+
+
+def exchange_local_seconds_model(
+    model: TimeCost, layers: Sequence[tuple[Sequence[int], Option]], world_size: int, dense_numel: int = 0
+) -> float:
+    """The local part of :func:`exchange_seconds`: every layer's codec seconds, plus the dense tensors'
+    (``dense_numel`` elements and the non-finite flag) at the ``fp32`` entry."""
+    _check_world(world_size)
+    local = model.codec_cost(Option("fp32"), dense_numel + 1, world_size)
+    return local + sum(model.codec_cost(option, math.prod(shape), world_size) for shape, option in layers)

@@ -10,13 +10,14 @@ within ``α`` times the error of the uniform default (:mod:`.dp`).
 Schedule, for a step counter ``τ`` counting compressed steps (the runtime runs
 its dense warm-up first and starts ``τ`` at 0 after it):
 
-1. ``τ < period``: every layer uses the uniform default (``default_option``;
-   a layer it cannot compress — a bias for PowerSGD — uses ``fp32``).
-2. Steps ``τ ∈ [k·period − window, k·period)``: :meth:`LGreCo.wants_gradients`
+1. ``τ < first_solve`` (default ``period``): every layer uses the uniform default
+   (``default_option``; a layer it cannot compress — a bias for PowerSGD — uses ``fp32``).
+2. Steps ``τ ∈ [s − window, s)`` before each re-solve step ``s`` (``first_solve``, then the
+   multiples of ``period`` after it): :meth:`LGreCo.wants_gradients`
    is true; the runtime feeds :meth:`LGreCo.observe` the tensors the compressor
    is about to see (gradient plus error-feedback buffer), by layer name — all
    layers at once or bucket by bucket, each layer at most once per step.
-3. At ``τ = k·period`` (or the first :meth:`LGreCo.decide` after it):
+3. At ``τ = s`` (or the first :meth:`LGreCo.decide` after it):
    :meth:`LGreCo.decide` re-solves from the accumulated sums and returns the
    decision, an int64 tensor of option indices (one per layer, registration
    order) that the runtime broadcasts as a tensor — never a pickled object.
@@ -25,15 +26,16 @@ its dense warm-up first and starts ``τ`` at 0 after it):
 4. The runtime maps indices to compressors with :attr:`LGreCo.options`
    (``options[i].build()``, or reconfigures its existing ones).
 
-With ``once=True`` the first due re-solve (at ``τ = period``) is the last: the
+With ``once=True`` the first due re-solve (at ``τ = first_solve``) is the last: the
 policy then holds its decision (no more windows or re-solves) — on every rank
 alike, solved or skipped, so the runtime's broadcasts stay matched.
 
 With ``refine_time=True`` (a :class:`~commlib.adaptive.cost.TimeCost` only), the runtime
-times its collective rounds in each window and, before each due re-solve, hands every rank
-the same rounds (each round's seconds maxed over ranks) to :meth:`LGreCo.refine`, which
-refits the model (:meth:`TimeCost.update`) — so every rank holds the same model and rank 0
-re-solves with it. The simulator has no real timings: there the model stays as given.
+times its collective rounds and its buckets' own work in each window and, before each due
+re-solve, hands every rank the same timings (each maxed over ranks) to :meth:`LGreCo.refine`,
+which refits the model's links (:meth:`TimeCost.refit`) and rescales its local work
+(:meth:`TimeCost.rescale_local`) — so every rank holds the same model and rank 0 re-solves
+with it. The simulator has no real timings: there the model stays as given.
 
 With a ``TimeCost``, a runtime that notes its buckets (:meth:`LGreCo.note_bucket`: which
 registered layers travel together, in the window) has each re-solve's choice checked bucket
@@ -117,6 +119,7 @@ class LGreCoStats:
     refit_predicted_s: float = 0.0  # … predicted by the model before the refinement …
     refit_refined_s: float = 0.0  # … and after it
     dense_buckets: int = 0  # buckets a re-solve sent all fp32, predicted faster as a whole (TimeCost), summed
+    local_scale: float = 1.0  # the TimeCost's local-work scale after the last refit (refine_time)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -140,8 +143,11 @@ class LGreCo:
     implementation) or ``"squared"`` (sum of squared errors, the squared norm
     of the whole model's compression error, which lets the largest layer
     dominate the budget). ``power_iterations`` and ``seed`` go to
-    :func:`~commlib.adaptive.tables.error_table`. ``once``: re-solve only at
-    ``τ = period``, then hold that decision (module docstring). ``refine_time`` (needs a
+    :func:`~commlib.adaptive.tables.error_table`. ``first_solve``: the step ``τ`` of the
+    first re-solve (default ``period``; at least ``window``, whose steps it is solved from):
+    with ``first_solve = window`` the uniform default holds only while the first window fills,
+    not for a whole period. ``once``: re-solve only at ``τ = first_solve``, then hold that
+    decision (module docstring). ``refine_time`` (needs a
     ``TimeCost``): refine the model from the runtime's timed rounds before each re-solve
     (:meth:`refine`, blending with ``refine_momentum``).
     """
@@ -162,11 +168,16 @@ class LGreCo:
         once: bool = False,
         refine_time: bool = False,
         refine_momentum: float = 0.1,
+        first_solve: int | None = None,
     ) -> None:
         self.period = _check_int(period, "period", 1)
         self.window = _check_int(window, "window", 1)
         if self.window > self.period:
             raise ValueError(f"LGreCo window ({window}) must not exceed period ({period})")
+        self.first_solve = self.period if first_solve is None else _check_int(first_solve, "first_solve", 1)
+        if self.first_solve < self.window:
+            raise ValueError(f"LGreCo first_solve ({first_solve}) must be at least the window ({window}): "
+                             "the first re-solve needs a full window of gradients")
         self.bins = _check_int(bins, "bins", 1)
         self.world_size = _check_int(world_size, "world_size", 1)
         self.seed = _check_int(seed, "seed", 0)
@@ -207,7 +218,7 @@ class LGreCo:
         self._bytes = np.zeros((0, len(grid)))
         self._accumulator = ErrorAccumulator(self.window)
         self._buckets: dict[tuple[str, ...], int] = {}  # noted since the last solve: layer names -> other dense numel
-        self._next_solve = self.period
+        self._next_solve = self.first_solve
 
     # -- layers ----------------------------------------------------------------------------------------
 
@@ -262,7 +273,8 @@ class LGreCo:
         return self._accumulator.add(grads, feedback)
 
     def should_solve(self, step: int) -> bool:
-        """Whether a re-solve is due at ``step`` (the first call at or after each multiple of ``period``)."""
+        """Whether a re-solve is due at ``step`` (the first call at or after ``first_solve``, then each
+        multiple of ``period`` after it)."""
         return self._next_solve != _HELD and step >= self._next_solve
 
     def decide(self, step: int) -> Tensor:
@@ -361,31 +373,39 @@ class LGreCo:
                 self.stats.dense_buckets += 1
         return choice
 
-    def refine(self, rounds: Sequence[RoundTiming]) -> None:
-        """Refine the ``TimeCost`` from measured collective rounds (``refine_time``); call it on every rank alike.
+    def refine(self, rounds: Sequence[RoundTiming], own_work: tuple[float, float] | None = None) -> None:
+        """Refine the ``TimeCost`` from the runtime's timings (``refine_time``); call it on every rank alike.
 
-        1. Each round's seconds are split among its collectives in proportion to the model's
-           predictions (:meth:`TimeCost.attribute`); 2. :meth:`TimeCost.update` blends the fits
-           in with ``refine_momentum``; 3. the stats record the rounds' measured seconds and the
-           model's predictions before and after, and the predicted costs are refreshed. No
-           rounds: nothing changes. The same rounds give the same model bits on every rank.
+        1. :meth:`TimeCost.refit` fits every collective's ``α`` and ``β`` to the rounds' seconds
+           jointly and blends the fit in with ``refine_momentum``;
+        2. ``own_work`` — the timed buckets' own work (seconds less their rounds'), as measured and
+           as the model predicted it — rescales the model's local seconds
+           (:meth:`TimeCost.rescale_local`, same momentum);
+        3. the stats record the rounds' measured seconds and the model's predictions before and
+           after, and the local scale; the predicted costs are refreshed.
+
+        No rounds and no own work: nothing changes. The same inputs give the same model bits on every rank.
         """
         if not self.refine_time:
             raise ValueError("LGreCo.refine needs refine_time=True")
         if not all(isinstance(r, RoundTiming) for r in rounds):
             raise TypeError("LGreCo.refine takes a sequence of RoundTiming")
-        if not rounds:
+        if not rounds and own_work is None:
             return
         model: TimeCost = self.cost_model  # type: ignore[assignment]
         before = sum(model.round_seconds(r.collectives, r.world_size) for r in rounds)
-        model.update([t for r in rounds for t in model.attribute(r)], self.refine_momentum)
+        model.refit(rounds, self.refine_momentum)
+        if own_work is not None:
+            model.rescale_local(*own_work, momentum=self.refine_momentum)
         after = sum(model.round_seconds(r.collectives, r.world_size) for r in rounds)
         measured = sum(r.seconds for r in rounds)
         self.stats.refits += 1
         self.stats.refit_measured_s, self.stats.refit_predicted_s, self.stats.refit_refined_s = measured, before, after
+        self.stats.local_scale = model.local_scale
         self._refresh_predictions()
         _log.info("L-GreCo time refit %d: %d rounds took %.4g s (slowest rank); the model predicted %.4g s, "
-                  "now %.4g s", self.stats.refits, len(rounds), measured, before, after)
+                  "now %.4g s; local work scaled by %.3g", self.stats.refits, len(rounds), measured, before, after,
+                  model.local_scale)
 
     def load_decision(self, decision: Tensor) -> None:
         """Adopt a decision computed elsewhere (rank 0's broadcast); ``ValueError`` if it does not fit the layers."""
@@ -418,13 +438,15 @@ class LGreCo:
     def config(self) -> dict[str, object]:
         """The settings every rank must share (plain values, for a runtime's config fingerprint).
 
-        The ``refine_*`` keys appear only with ``refine_time`` (older checkpoints' configs stay valid).
+        The ``refine_*`` keys appear only with ``refine_time``, ``first_solve`` only when it is not the
+        period (older checkpoints' configs stay valid).
         """
         refine = {"refine_time": True, "refine_momentum": self.refine_momentum} if self.refine_time else {}
+        first = {"first_solve": self.first_solve} if self.first_solve != self.period else {}
         return {"options": [str(o) for o in self.options], "default": str(self.default_option), "period": self.period,
                 "window": self.window, "alpha": self.alpha, "bins": self.bins, "error_metric": self.error_metric,
                 "power_iterations": self.power_iterations, "seed": self.seed, "once": self.once,
-                "cost": self.cost_model.unit, **refine,
+                "cost": self.cost_model.unit, **refine, **first,
                 "layers": list(self.layer_names)}
 
     def decision(self) -> Tensor:
@@ -450,6 +472,7 @@ class LGreCo:
             "options": [str(o) for o in self.options],
             "layers": list(self.layer_names),
             "shapes": [list(s) for s in self.shapes],
+            "world_size": self.world_size,
             "decision": self._decision.clone(),
             "next_solve": self._next_solve,
             "accumulator": self._accumulator.state_dict(),
@@ -460,11 +483,16 @@ class LGreCo:
         return state
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
-        """Restore :meth:`state_dict` (registering its layers); ``ValueError`` if options or layers differ."""
+        """Restore :meth:`state_dict` (registering its layers, at its world size); ``ValueError`` if options,
+        layers or a registered world size differ. A checkpoint without ``"world_size"`` (older) keeps this one's."""
         keys = {"options", "layers", "shapes", "decision", "next_solve", "accumulator", "stats"}
         keys |= {"time_model"} if self.refine_time else set()
-        if not isinstance(state, Mapping) or set(state) != keys:
-            raise ValueError(f"LGreCo state needs keys {sorted(keys)}, got {state!r:.200}")
+        if not isinstance(state, Mapping) or set(state) - {"world_size"} != keys:
+            raise ValueError(f"LGreCo state needs keys {sorted(keys)} (and 'world_size'), got {state!r:.200}")
+        world_size = _check_int(state.get("world_size", self.world_size), "world_size", 1)
+        if self.layer_names and world_size != self.world_size:
+            raise ValueError(f"LGreCo state was priced for {world_size} workers, this policy is registered "
+                             f"for {self.world_size}")
         if list(state["options"]) != [str(o) for o in self.options]:
             raise ValueError(f"LGreCo state is for options {state['options']}, this policy has {self.options}")
         layers, shapes = list(state["layers"]), [tuple(s) for s in state["shapes"]]
@@ -474,7 +502,7 @@ class LGreCo:
         if not set(stats) <= set(LGreCoStats.__dataclass_fields__):  # a missing field (older checkpoint): default
             raise ValueError(f"LGreCo stats need the fields of LGreCoStats, got {sorted(stats)}")
         next_solve = _check_int(state["next_solve"], "next_solve", _HELD)
-        self.register(dict(zip(layers, shapes)))
+        self.register(dict(zip(layers, shapes)), world_size=world_size)
         self._accumulator.load_state_dict(state["accumulator"])
         self.load_decision(state["decision"])
         if self.refine_time:

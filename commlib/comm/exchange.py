@@ -67,7 +67,7 @@ from torch import Tensor
 
 from .. import ops
 from ..adaptive import Accordion, LGreCo, Option, TimeCost
-from ..adaptive.cost import RoundTiming
+from ..adaptive.cost import RoundTiming, exchange_local_seconds_model
 from ..compress.base import Compressor, TensorContext, handed_over
 from ..compress.dense import Identity
 from ..compress.powersgd import PowerSGD
@@ -216,7 +216,8 @@ class GradientExchange:
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be a callable returning seconds, got {type(clock).__name__}")
         self.driver, self.clock = driver, clock
-        self._timed_rounds: list[RoundTiming] = []  # a refine_time policy's window of timed rounds
+        self._timed_rounds: list[RoundTiming] = []  # a refine_time policy's window of timed rounds …
+        self._timed_local: list[tuple[float, float]] = []  # … and its buckets' own work: (measured, predicted) s
 
     def register(self, shapes: dict[str, torch.Size]) -> None:
         """Register with the policy the tensors it may choose for: 2-D and up, at least ``min_numel`` elements."""
@@ -295,8 +296,11 @@ class GradientExchange:
         marks the step's last bucket: a due policy decision follows it (step 5).
         """
         meter = Meter(self.rank, self.world_size, self.driver, self.clock)
+        start = self.clock() if self._refines() else 0.0
         out, report = yield from meter.run(self._bucket(named, step, inplace))
         self._note_rounds(meter, step, report)
+        if self._refines() and self._in_window(step):
+            self._note_local(named, self.clock() - start - sum(meter.seconds))
         if last and self.policy is not None:
             yield from meter.run(self._adapt(step + 1 - self.config.start_step, named[0][1].device), timed=False)
         report.received = meter.received
@@ -318,10 +322,23 @@ class GradientExchange:
         if not meter.seconds:
             return
         report.collective_s = sum(meter.seconds)
-        tau = step - self.config.start_step
-        if self._refines() and tau >= 0 and self.policy.wants_gradients(tau):
+        if self._refines() and self._in_window(step):
             self._timed_rounds += [RoundTiming(r, self.world_size, t) for r, t in zip(meter.rounds, meter.seconds)]
             del self._timed_rounds[:-_MAX_TIMED_ROUNDS]
+
+    def _in_window(self, step: int) -> bool:
+        """Whether ``step`` is in the policy's window before a re-solve."""
+        tau = step - self.config.start_step
+        return tau >= 0 and self.policy.wants_gradients(tau)
+
+    def _note_local(self, named: Sequence[tuple[str, Tensor]], measured: float) -> None:
+        """Keep a bucket's own work, measured (its seconds less its rounds') and as the time model predicts it
+        for the bucket's current options (:func:`~commlib.adaptive.cost.exchange_local_seconds_model`)."""
+        choices = self.policy.choices()
+        layers = [(tuple(t.shape), choices[name]) for name, t in named if name in choices]
+        others = sum(t.numel() for name, t in named if name not in choices)
+        predicted = exchange_local_seconds_model(self._time_model(), layers, self.world_size, others)
+        self._timed_local = (self._timed_local + [(measured, predicted)])[-_MAX_TIMED_ROUNDS:]
 
     def _adapt(self, tau: int, device: torch.device) -> Protocol[None]:
         """When a re-solve is due at ``tau``: rank 0 decides, broadcasts the int64 decision, every rank loads it.
@@ -331,29 +348,36 @@ class GradientExchange:
         if tau < 0 or not self.policy.should_solve(tau):
             return
         if self._refines():
-            self.policy.refine((yield from self._slowest_rounds(device)))
+            rounds, own_work = yield from self._slowest_window(device)
+            self.policy.refine(rounds, own_work)
         decision = self.policy.decide(tau)  # re-solves on the rank that observed (rank 0); the others skip
         self.policy.load_decision((yield Broadcast(decision.to(device), src=0)).cpu())
 
-    def _slowest_rounds(self, device: torch.device) -> Protocol[list[RoundTiming]]:
-        """The window's timed rounds with each round's seconds maxed over ranks (then the window is cleared).
+    def _slowest_window(self, device: torch.device) -> Protocol[tuple[list[RoundTiming], tuple[float, float]]]:
+        """The window's timed rounds, each round's seconds maxed over ranks, and its buckets' own work summed
+        (each bucket's measured seconds maxed over ranks; the model's prediction); the window is then cleared.
 
         One all-gather of a fixed-size float64 table (row 0: each round's payload bytes, row 1:
-        its seconds; zeros past the last round), so every rank issues the same collective. A
-        round ends when its slowest rank's part arrives, so the maximum is the round's time. Every
-        rank timed the same collectives; a rank whose row 0 differs raises ``StateDivergenceError``.
+        its seconds; rows 2 and 3: each bucket's own work, measured and predicted; zeros past the
+        end), so every rank issues the same collective. A round ends when its slowest rank's part
+        arrives, so the maximum is the round's time; likewise the slowest rank's own work is what
+        the others wait for. Every rank timed the same collectives; a rank whose row 0 differs
+        raises ``StateDivergenceError``.
         """
         rounds, self._timed_rounds = self._timed_rounds, []
-        table = torch.zeros(2, _MAX_TIMED_ROUNDS, dtype=torch.float64)
+        local, self._timed_local = self._timed_local, []
+        table = torch.zeros(4, _MAX_TIMED_ROUNDS, dtype=torch.float64)
         table[0, : len(rounds)] = torch.tensor([float(sum(p for _, p in r.collectives)) for r in rounds],
                                                dtype=torch.float64)
         table[1, : len(rounds)] = torch.tensor([r.seconds for r in rounds], dtype=torch.float64)
+        table[2:, : len(local)] = torch.tensor(local, dtype=torch.float64).reshape(-1, 2).t()
         everyone = (yield AllGather(table.to(device))).cpu()
         differ = [r for r in range(everyone.shape[0]) if not torch.equal(everyone[r, 0], everyone[0, 0])]
         if differ:
             raise StateDivergenceError(f"ranks {differ} timed other collectives than rank 0 (this is rank {self.rank})")
         slowest = everyone[:, 1, : len(rounds)].amax(dim=0).tolist()
-        return [RoundTiming(r.collectives, r.world_size, t) for r, t in zip(rounds, slowest)]
+        own_work = (float(everyone[:, 2, : len(local)].amax(dim=0).sum()), float(everyone[0, 3, : len(local)].sum()))
+        return [RoundTiming(r.collectives, r.world_size, t) for r, t in zip(rounds, slowest)], own_work
 
     def _bucket(
         self, named: Sequence[tuple[str, Tensor]], step: int, inplace: bool

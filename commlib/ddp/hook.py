@@ -3,7 +3,8 @@
 For each bucket DDP hands over, the hook:
 
 1. names the bucket's gradients by parameter (``bucket.parameters()``), so
-   state survives DDP's bucket rebuild after the first step;
+   state survives DDP's bucket rebuild after the first step, and records the
+   names in ``state.bucket_layout`` (for the simulator);
 2. builds the bucket's protocol with the state's ``GradientExchange`` (dense
    warm-up, dense small tensors, compressed the rest, non-finite pass-through);
    on the first step it is preceded by the config-fingerprint check, and the
@@ -43,6 +44,7 @@ def hook(state: CommState, bucket: dist.GradBucket) -> torch.futures.Future[torc
     buffer = bucket.buffer()
     grads = bucket.gradients()
     named = [(state.name_of(p), g) for p, g in zip(bucket.parameters(), grads)]
+    state.note_bucket(bucket.index(), [name for name, _ in named])
     step = state.step
     last = bucket.is_last()
     if last:

@@ -105,6 +105,22 @@ class CommState:
         self.stats = CommStats(log_every)
         self.step = 0
         self.verified = not verify_config
+        self._buckets: dict[int, list[str]] = {}
+
+    def note_bucket(self, index: int, names: list[str]) -> None:
+        """Record the names of bucket ``index`` (the hook does, for every bucket; see :attr:`bucket_layout`).
+
+        DDP launches its buckets in index order, so bucket 0 starts a step's layout afresh.
+        """
+        if index == 0:
+            self._buckets.clear()
+        self._buckets[index] = list(names)
+
+    @property
+    def bucket_layout(self) -> list[list[str]]:
+        """The parameter names of each bucket of the last step, by bucket index (DDP rebuilds its buckets
+        after step 0): the layout that makes ``Simulator(..., buckets=...)`` decide per bucket as this run."""
+        return [list(self._buckets[i]) for i in sorted(self._buckets)]
 
     @property
     def compressor(self) -> Compressor:

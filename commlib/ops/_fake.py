@@ -30,6 +30,12 @@ def _check_byte_vector(op: str, name: str, t: Tensor) -> None:
     torch._check_value(t.dim() == 1, lambda: f"{op}: {name} must be a 1-D uint8 tensor, got shape {tuple(t.shape)}")
 
 
+@_register_fake("commlib::all_finite")
+def _all_finite_fake(x: Tensor) -> Tensor:
+    torch._check_value(x.dtype == torch.float32, lambda: f"all_finite: x must be float32, got {x.dtype}")
+    return x.new_empty((), dtype=torch.bool)
+
+
 @_register_fake("commlib::pack_bits")
 def _pack_bits_fake(codes: Tensor, bits: int) -> Tensor:
     torch._check_value(bits in _SUPPORTED_BITS, lambda: f"pack_bits: bits must be one of {_SUPPORTED_BITS}, got {bits}")

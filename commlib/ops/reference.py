@@ -18,6 +18,7 @@ from torch import Tensor
 
 __all__ = [
     "SUPPORTED_BITS",
+    "all_finite",
     "count_sketch_add_",
     "count_sketch_hashes",
     "count_unsketch",
@@ -38,6 +39,17 @@ __all__ = [
 ]
 
 SUPPORTED_BITS = (1, 2, 4, 8)
+
+
+def all_finite(t: Tensor) -> bool:
+    """True when floating or complex ``t`` holds no NaN and no ±Inf: one ``aminmax`` pass (NaN reaches the
+    min and the max, ±Inf one of them), allocating nothing of ``t``'s size."""
+    if t.numel() == 0:
+        return True
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    lo, hi = torch.aminmax(t)
+    return bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))
 
 
 def _check_bits(bits: int) -> int:

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .simulator import Simulator
+from .simulator import Simulator, ddp_bucket_layout
 
-__all__ = ["Simulator"]
+__all__ = ["Simulator", "ddp_bucket_layout"]

@@ -84,6 +84,7 @@ class TrainSettings:
     lgreco_alpha: float = 1.0
     lgreco_cost: str = "elements"
     lgreco_refine: bool = False
+    lgreco_first_solve: int | None = None
     aggregate: str | None = None
     byzantine: tuple[int, ...] = ()
     attack: str | None = None
@@ -188,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "a few sizes, each option's local work on the model's largest layer)")
     method.add_argument("--lgreco-refine", action="store_true",
                         help="with --lgreco-cost time: refine the model from the hook's own timings at each re-solve")
+    method.add_argument("--lgreco-first-solve", type=number_type(int, 1), metavar="STEPS",
+                        help="L-GreCo's first decision after this many compressed steps, from their gradients "
+                             "(default: the period; its window shrinks to fit)")
     method.add_argument("--accordion-heavy", metavar="SPEC",
                         help="Accordion's heavy (more compressed) setting, an option like topk:0.05 or powersgd:2")
     rob = p.add_argument_group("Byzantine robustness")
@@ -301,8 +305,9 @@ def parse_settings(argv: Sequence[str] | None = None) -> tuple[TrainSettings, ar
                              "(topk:D, qsgd:BITS, powersgd:RANK[:ef], fp16, bf16, fp32)")
     elif args.accordion_heavy is not None:
         parser.error("--accordion-heavy applies only with --policy accordion")
-    if args.policy != "lgreco" and (args.lgreco_cost != "elements" or args.lgreco_refine):
-        parser.error("--lgreco-cost and --lgreco-refine apply only with --policy lgreco")
+    if args.policy != "lgreco" and (args.lgreco_cost != "elements" or args.lgreco_refine
+                                    or args.lgreco_first_solve is not None):
+        parser.error("--lgreco-cost, --lgreco-refine and --lgreco-first-solve apply only with --policy lgreco")
     if args.lgreco_refine and args.lgreco_cost != "time":
         parser.error("--lgreco-refine refines a time model: it needs --lgreco-cost time")
     if args.spawn is not None and args.byzantine and max(args.byzantine) >= args.spawn:
@@ -318,6 +323,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> tuple[TrainSettings, ar
         compressor=args.compressor, feedback=args.feedback, policy=args.policy, policy_period=args.policy_period,
         accordion_heavy=args.accordion_heavy,
         lgreco_alpha=args.lgreco_alpha, lgreco_cost=args.lgreco_cost, lgreco_refine=args.lgreco_refine,
+        lgreco_first_solve=args.lgreco_first_solve,
         aggregate=args.aggregate, byzantine=tuple(args.byzantine),
         attack=args.attack, strength=args.strength, nnm=args.nnm,
         worker_momentum=args.worker_momentum, sharded=args.sharded, dataset=args.dataset, hidden=args.hidden,
@@ -344,10 +350,11 @@ def _register(wrapped: DDP, settings: TrainSettings, world: int) -> CommState | 
     compressor = make_compressor(settings.compressor)
     feedback = make_feedback(settings.feedback) if settings.feedback else None
     if settings.policy == "lgreco":
-        policy = LGreCo(period=settings.policy_period, window=min(10, settings.policy_period),
+        first = settings.lgreco_first_solve or settings.policy_period
+        policy = LGreCo(period=settings.policy_period, window=min(10, settings.policy_period, first),
                         default_option=settings.compressor, alpha=settings.lgreco_alpha, world_size=world,
                         seed=settings.seed, cost_model=_lgreco_cost(wrapped.module, settings, feedback),
-                        refine_time=settings.lgreco_refine)
+                        refine_time=settings.lgreco_refine, first_solve=first)
     elif settings.policy == "accordion":
         policy = Accordion(light=settings.compressor, heavy=settings.accordion_heavy, interval=settings.policy_period,
                            window=min(10, settings.policy_period))
@@ -473,6 +480,9 @@ def run_rank(rank: int, world: int, settings: TrainSettings) -> dict[str, Any]:
                                "losses": result.losses, "settings": asdict(settings)}
     if isinstance(state, CommState):
         summary["stats"] = state.stats.as_dict()
+        if state.policy is not None:
+            summary["policy"] = {"stats": state.policy.stats.as_dict(),
+                                 "choices": {name: str(o) for name, o in state.policy.choices().items()}}
     else:
         summary["faulty_rows"] = state.faulty_rows
     return summary

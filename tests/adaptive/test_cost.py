@@ -11,8 +11,8 @@ import torch
 from commlib.adaptive.cost import (
     ByteCost,
     ElementCost,
+    RoundTiming,
     TimeCost,
-    Timing,
     cost_table,
     fit_linear,
     option_collectives,
@@ -141,22 +141,27 @@ def test_fit_recovers_alpha_beta_on_synthetic_timings():
             fit_linear(*bad)
 
 
-def test_update_moves_the_model_towards_new_timings():
+def _alone(kind: str, payload: int, world: int, seconds: float) -> RoundTiming:
+    """A round of one collective."""
+    return RoundTiming(((kind, payload),), world, seconds)
+
+
+def test_refit_moves_the_model_towards_new_timings():
     model = TimeCost()
     truth = {"latency": 1e-3, "beta": 5e-9}
-    samples = [Timing("allgather", p, 4, truth["latency"] + 3 * p * truth["beta"]) for p in (1 << 10, 1 << 20)]
+    samples = [_alone("allgather", p, 4, truth["latency"] + 3 * p * truth["beta"]) for p in (1 << 10, 1 << 20)]
     before = model.seconds_per_byte["allgather"]
-    model.update(samples, momentum=0.5)
+    model.refit(samples, momentum=0.5)
     assert model.seconds_per_byte["allgather"] == pytest.approx(before + 0.5 * (truth["beta"] - before))
-    model.update(samples, momentum=1.0)
+    model.refit(samples, momentum=1.0)
     assert model.latency["allgather"] == pytest.approx(truth["latency"])
     assert model.seconds_per_byte["allgather"] == pytest.approx(truth["beta"])
     assert model.latency["allreduce"] == TimeCost().latency["allreduce"]  # untouched without samples
-    one_size = [Timing("allreduce", 1 << 20, 2, model.latency["allreduce"] + (1 << 20) * 2e-9)]
-    model.update(one_size, momentum=1.0)
-    assert model.seconds_per_byte["allreduce"] == pytest.approx(2e-9)
+    one_size = [_alone("allreduce", 1 << 20, 2, 3 * model.seconds("allreduce", 1 << 20))]
+    model.refit(one_size, momentum=1.0)
+    assert model.seconds("allreduce", 1 << 20) == pytest.approx(one_size[0].seconds)  # one size: the sum fits
     with pytest.raises(ValueError, match="momentum"):
-        model.update(samples, momentum=0.0)
+        model.refit(samples, momentum=0.0)
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     buf.seek(0)
@@ -170,9 +175,9 @@ def test_cost_table_marks_inapplicable_options():
     assert np.isinf(table[0, 0]) and np.isfinite(table[1]).all() and table.shape == (2, 2)
 
 
-def test_update_fits_the_all_to_all_from_the_all_gathers_start():
+def test_refit_fits_the_all_to_all_from_the_all_gathers_start():
     model = TimeCost()
-    samples = [Timing("alltoall", p, 4, 1e-3 + 0.75 * p * 4e-9) for p in (1 << 16, 1 << 20)]
-    model.update(samples, momentum=1.0)
+    samples = [_alone("alltoall", p, 4, 1e-3 + 0.75 * p * 4e-9) for p in (1 << 16, 1 << 20)]
+    model.refit(samples, momentum=1.0)
     assert model.fit("alltoall") == (pytest.approx(1e-3), pytest.approx(4e-9))
     assert model.fit("allgather") == (TimeCost().latency["allgather"], TimeCost().seconds_per_byte["allgather"])

@@ -68,6 +68,40 @@ def test_resolves_every_period_and_moves_rank_to_where_it_pays():
     assert policy.stats.solves == 2
 
 
+def test_first_solve_decides_once_the_first_window_is_full_then_every_period():
+    policy = make(first_solve=3)
+    wanted = []
+    for step in range(25):
+        if policy.wants_gradients(step):
+            wanted.append(step)
+        run(policy, range(step, step + 1))
+    assert wanted == [0, 1, 2, 7, 8, 9, 17, 18, 19]  # windows before τ = 3, 10, 20
+    assert policy.stats.solves == 3 and policy.stats.last_step == 20
+    assert policy.config()["first_solve"] == 3 and "first_solve" not in make().config()
+    default = make()
+    run(default, range(0, 10))
+    assert default.stats.solves == 0  # without it, the first re-solve waits for τ = period
+    once = make(first_solve=5, once=True)
+    run(once, range(0, 30))
+    assert once.stats.solves == 1 and once.stats.last_step == 5
+    stopped, restored = make(first_solve=3), make(first_solve=3)
+    run(stopped, range(0, 2))
+    restored.load_state_dict(stopped.state_dict())
+    run(restored, range(2, 4))
+    assert restored.stats.solves == 1 and restored.stats.last_step == 3
+
+
+@pytest.mark.parametrize("first_solve, match", [
+    (2, r"first_solve \(2\) must be at least the window \(3\)"),
+    (0, "first_solve must be"),
+    (True, "first_solve must be"),
+    (3.0, "first_solve must be"),
+])
+def test_first_solve_needs_a_full_window(first_solve, match):
+    with pytest.raises(ValueError, match=match):
+        make(first_solve=first_solve)
+
+
 def test_ranks_without_statistics_take_the_broadcast_decision():
     solver, follower = make(), make()
     run(solver, range(0, 10))
@@ -105,6 +139,26 @@ def test_state_dict_round_trips_mid_window_through_weights_only_load():
     registered.register({"x": (4, 4)})
     with pytest.raises(ValueError, match="other layers"):
         registered.load_state_dict(policy.state_dict())
+
+
+def test_state_dict_keeps_the_world_size_it_priced_for():
+    """A fresh policy restored from a checkpoint prices for the checkpoint's world size (the simulator registers
+    a restored policy no more), a registered one refuses another, and an older checkpoint keeps its own."""
+    policy = make(cost_model=TimeCost(), world_size=8)
+    run(policy, range(0, 12))
+    restored = LGreCo(period=10, window=3, default_option="powersgd:4", cost_model=TimeCost())  # world_size 1
+    restored.load_state_dict(policy.state_dict())
+    assert restored.world_size == 8
+    run(policy, range(12, 21))
+    run(restored, range(12, 21))
+    assert restored.decision().tolist() == policy.decision().tolist()
+    assert restored.stats.predicted_cost == policy.stats.predicted_cost and restored.stats.solves == 2
+    four = make(cost_model=TimeCost(), world_size=4)
+    with pytest.raises(ValueError, match="priced for 8 workers, this policy is registered for 4"):
+        four.load_state_dict(policy.state_dict())
+    older = {k: v for k, v in policy.state_dict().items() if k != "world_size"}
+    four.load_state_dict(older)
+    assert four.world_size == 4 and four.decision().tolist() == policy.decision().tolist()
 
 
 def test_mixed_families_norm_metric_and_non_finite_steps():

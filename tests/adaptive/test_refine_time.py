@@ -1,4 +1,4 @@
-"""L-GreCo's TimeCost refined from the exchange's own timings: attribution, bad input, gloo runs, agreement."""
+"""L-GreCo's TimeCost refined from the exchange's own timings: the joint refit, bad input, gloo runs, agreement."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import pytest
 import torch
 from dist_utils import run_workers
 
-from commlib.adaptive import LGreCo, TimeCost, Timing
-from commlib.adaptive.cost import RoundTiming, traffic_factor
+from commlib.adaptive import LGreCo, RoundTiming, TimeCost
 from commlib.compress import Identity
 from commlib.sim import Simulator
 
@@ -30,30 +29,113 @@ def _policy(model: TimeCost, momentum: float = 0.5, **kwargs) -> LGreCo:
     return policy
 
 
-def test_a_round_is_split_in_proportion_to_the_prediction() -> None:
+def _truth() -> TimeCost:
+    return TimeCost(latency={"allgather": 4e-4, "allreduce": 1e-4, "ordered": 7e-4},
+                    seconds_per_byte={"allgather": 2e-9, "allreduce": 5e-9, "ordered": 3e-9})
+
+
+def _rounds(truth: TimeCost, world: int = 3) -> list[RoundTiming]:
+    """Rounds as an L-GreCo exchange runs them: two all-gathers of different sizes fused in one round beside a
+    small all-reduce, PowerSGD's Q alone, a split ordered all-reduce, at a few bucket sizes."""
+    shapes = [((("allreduce", 8), ("allgather", 4 * p), ("allgather", p // 2)), (("allgather", p),),
+               (("ordered", 64 * p),)) for p in (1 << 10, 1 << 13, 1 << 16)]
+    return [RoundTiming(c, world, truth.round_seconds(c, world)) for trio in shapes for c in trio]
+
+
+def test_the_joint_refit_reproduces_rounds_of_several_collectives() -> None:
+    """Splitting a round by the old model's shares (the former refit) could not fit rounds that fuse several
+    all-gathers; the joint fit recovers the model that made them, from a model 100× off."""
+    truth, rounds = _truth(), _rounds(_truth())
+    model = TimeCost(latency={"allgather": 0.04, "allreduce": 1e-6}, seconds_per_byte={"allgather": 2e-7,
+                                                                                       "allreduce": 5e-11})
+    model.refit(rounds, momentum=1.0)
+    for r in rounds:
+        assert model.round_seconds(r.collectives, 3) == pytest.approx(r.seconds, rel=0.02), r
+    for kind in ("allgather", "ordered"):
+        assert model.latency[kind] == pytest.approx(truth.latency[kind], rel=0.05)
+        assert model.seconds_per_byte[kind] == pytest.approx(truth.seconds_per_byte[kind], rel=0.05)
+    # the all-reduce is only ever the 8-byte flag: its latency is corrected, its per-byte cost barely moves
+    assert model.latency["allreduce"] == pytest.approx(truth.latency["allreduce"], rel=0.01)
+    assert model.seconds_per_byte["allreduce"] == pytest.approx(5e-11, rel=0.1)
+
+
+def test_momentum_blends_and_what_the_rounds_cannot_tell_apart_stays_near_the_model() -> None:
+    truth = _truth()
+    rounds = _rounds(truth)
+    full, half = _model(), _model()
+    full.refit(rounds, momentum=1.0)
+    half.refit(rounds, momentum=0.5)
+    start = _model()
+    for kind in ("allgather", "allreduce"):
+        assert half.latency[kind] == pytest.approx((start.latency[kind] + full.latency[kind]) / 2)
+    one_size = _model(latency=1e-3, beta=1e-9)
+    same = [RoundTiming((("allgather", 1 << 16),), 3, 4e-3)] * 5  # one size: α and β cannot be told apart
+    one_size.refit(same, momentum=1.0)
+    assert one_size.round_seconds(same[0].collectives, 3) == pytest.approx(4e-3, rel=0.02)
+    assert one_size.latency["allgather"] > 0 and one_size.seconds_per_byte["allgather"] > 0  # both moved, neither gone
+    assert "allreduce" not in {k for r in same for k, _ in r.collectives}
+    assert one_size.latency["allreduce"] == 1e-3  # a kind absent from the rounds is left alone
+
+
+def test_refit_is_deterministic_and_needs_information() -> None:
+    a, b = _model(), _model()
+    a.refit(_rounds(_truth()), 0.3)
+    b.refit(_rounds(_truth()), 0.3)
+    assert a.state_dict() == b.state_dict()
     model = _model()
-    measured = RoundTiming((("allgather", 1000), ("ordered", 1 << 20)), 3, 0.5)
-    parts = model.attribute(measured)
-    predicted = [model.seconds(k, traffic_factor(k, 3) * p) for k, p in measured.collectives]
-    assert [(t.collective, t.payload_bytes, t.world_size) for t in parts] == [("allgather", 1000, 3),
-                                                                              ("ordered", 1 << 20, 3)]
-    assert sum(t.seconds for t in parts) == pytest.approx(0.5)
-    assert parts[0].seconds / parts[1].seconds == pytest.approx(predicted[0] / predicted[1])
-    assert model.attribute(RoundTiming((("allreduce", 64),), 2, 0.25))[0].seconds == 0.25
-    assert model.attribute(RoundTiming((), 2, 0.25)) == []  # a round of broadcasts only: nothing to price
-    free = TimeCost(latency={"allgather": 0.0, "allreduce": 0.0}, seconds_per_byte={"allgather": 0.0, "allreduce": 0.0})
-    assert [t.seconds for t in free.attribute(RoundTiming((("allgather", 8), ("allreduce", 8)), 2, 1.0))] == [0.5, 0.5]
+    before = model.state_dict()
+    model.refit([RoundTiming((), 3, 0.5), RoundTiming((("allgather", 64),), 1, 0.5),
+                 RoundTiming((("allgather", 64),), 3, 0.0)], momentum=1.0)
+    assert model.state_dict() == before  # no collective, a world of one, zero seconds: nothing to fit
+    with pytest.raises(TypeError, match="RoundTiming"):
+        model.refit([("allgather", 4096, 4, 0.5)])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="RoundTiming"):
+        _policy(_model()).refine([("allgather", 4096, 4, 0.5)])  # type: ignore[list-item]
+    for bad in (0.0, 1.5, True):
+        with pytest.raises(ValueError, match="momentum"):
+            model.refit(_rounds(_truth()), bad)
+
+
+def test_the_local_work_is_rescaled_toward_what_the_exchange_measured() -> None:
+    from commlib.adaptive import Option
+    from commlib.adaptive.cost import exchange_local_seconds_model, exchange_seconds
+
+    model = TimeCost(codec={"topk:0.1": (2e-9, 1e-9), "fp32": (1e-9, 0.0)})
+    layers = [((64, 32), Option.parse("topk:0.1")), ((48, 40), Option.parse("fp32"))]
+    local = exchange_local_seconds_model(model, layers, 3, dense_numel=100)
+    link = exchange_seconds(TimeCost(), layers, 3, dense_numel=100)
+    assert exchange_seconds(model, layers, 3, dense_numel=100) == pytest.approx(link + local)
+    model.rescale_local(3 * local, local, momentum=1.0)  # the exchange's own work took 3× the prediction
+    assert model.local_scale == pytest.approx(3.0)
+    assert exchange_local_seconds_model(model, layers, 3, dense_numel=100) == pytest.approx(3 * local)
+    model.rescale_local(1.0, 3.0, momentum=0.5)  # now a third of it: half way there
+    assert model.local_scale == pytest.approx(2.0)
+    for measured, predicted in ((0.0, 1.0), (1.0, 0.0), (math.nan, 1.0), (1.0, math.inf)):
+        model.rescale_local(measured, predicted, momentum=1.0)
+    assert model.local_scale == pytest.approx(2.0)  # nothing to learn from these
+    state = model.state_dict()
+    assert state["local_scale"] == pytest.approx(2.0)
+    restored = TimeCost()
+    restored.load_state_dict(state)
+    assert restored.local_scale == pytest.approx(2.0)
+    restored.load_state_dict({k: v for k, v in state.items() if k != "local_scale"})  # saved before it existed
+    assert restored.local_scale == 1.0
+    for bad in (0.0, -1.0, math.nan, True):
+        with pytest.raises(ValueError, match="local_scale"):
+            TimeCost(local_scale=bad)
+    with pytest.raises(ValueError, match="momentum"):
+        model.rescale_local(1.0, 1.0, momentum=0.0)
 
 
 @pytest.mark.parametrize(
     ("make", "match"),
     [
-        (lambda: Timing("allgather", 100, 2, -1.0), "seconds"),
-        (lambda: Timing("allgather", 100, 2, math.nan), "seconds"),
-        (lambda: Timing("allgather", 100, 2, math.inf), "seconds"),
-        (lambda: Timing("allgather", -4, 2, 1.0), "payload_bytes"),
-        (lambda: Timing("broadcast", 4, 2, 1.0), "unknown collective"),
-        (lambda: Timing("allgather", 4, 0, 1.0), "world_size"),
+        (lambda: RoundTiming((("allgather", 100),), 2, -1.0), "seconds"),
+        (lambda: RoundTiming((("allgather", 100),), 2, math.nan), "seconds"),
+        (lambda: RoundTiming((("allgather", 100),), 2, math.inf), "seconds"),
+        (lambda: RoundTiming((("allgather", -4),), 2, 1.0), "payload_bytes"),
+        (lambda: RoundTiming((("broadcast", 4),), 2, 1.0), "unknown collective"),
+        (lambda: RoundTiming((("allgather", 4),), 0, 1.0), "world_size"),
         (lambda: RoundTiming((("allgather", 4),), 2, -0.5), "seconds"),
         (lambda: RoundTiming((("allgather", 4.5),), 2, 0.5), "payload_bytes"),
         (lambda: LGreCo(refine_time=True), "TimeCost"),
@@ -71,27 +153,6 @@ def test_the_fingerprint_names_refinement_only_when_it_is_on() -> None:
     assert "refine_time" not in LGreCo(cost_model=_model()).config()  # configs of older checkpoints stay valid
     on = LGreCo(cost_model=_model(), refine_time=True, refine_momentum=0.25).config()
     assert on["refine_time"] is True and on["refine_momentum"] == 0.25
-
-
-def test_samples_without_information_leave_the_model_alone() -> None:
-    model = _model()
-    before = model.state_dict()
-    model.update([Timing("allgather", 0, 4, 0.5), Timing("allgather", 4096, 1, 0.5), Timing("allreduce", 4096, 4, 0.0)],
-                 momentum=1.0)
-    assert model.state_dict() == before
-    with pytest.raises(TypeError, match="Timing"):
-        model.update([("allgather", 4096, 4, 0.5)])  # type: ignore[list-item]
-    with pytest.raises(TypeError, match="RoundTiming"):
-        _policy(_model()).refine([Timing("allgather", 4096, 4, 0.5)])  # type: ignore[list-item]
-
-
-def test_noisy_timings_that_shrink_with_size_refine_beta_instead_of_raising() -> None:
-    model = _model(latency=1e-3, beta=1e-8)
-    samples = [Timing("allgather", 1 << 10, 2, 5e-3), Timing("allgather", 1 << 20, 2, 4e-3)]
-    model.update(samples, momentum=1.0)
-    assert model.latency["allgather"] == 1e-3  # kept
-    expected = ((5e-3 - 1e-3) / (1 << 10) + (4e-3 - 1e-3) / (1 << 20)) / 2
-    assert model.seconds_per_byte["allgather"] == pytest.approx(expected)
 
 
 def test_refine_moves_the_prediction_to_the_measured_rounds_and_checkpoints_it() -> None:
@@ -145,16 +206,17 @@ def _ddp_refine(rank: int, world: int) -> dict:
     wrapped = DDP(model, bucket_cap_mb=0.02)
     policy = LGreCo(period=3, window=2, options=OPTIONS, default_option="topk:0.1",
                     cost_model=_model(latency=0.5, beta=1e-6), refine_time=True, refine_momentum=0.5)
+    policy.cost_model.codec = dict.fromkeys(OPTIONS, (1e-12, 1e-12))  # local work priced at ~nothing
     state = ddp.CommState(wrapped, policy=policy)
     wrapped.register_comm_hook(state, ddp.hook)
     calls = []
-    update = policy.cost_model.update
+    refit = policy.cost_model.refit
 
-    def recording(measured, momentum=0.1):
-        calls.append([(t.collective, t.payload_bytes, t.world_size, t.seconds) for t in measured])
-        return update(measured, momentum)
+    def recording(rounds, momentum=0.1):
+        calls.append([(r.collectives, r.world_size, r.seconds) for r in rounds])
+        return refit(rounds, momentum)
 
-    policy.cost_model.update = recording
+    policy.cost_model.refit = recording
     cfg = TrainConfig(steps=STEPS)
     train_ddp(wrapped, make_optimizer(model, cfg), load_digits(), cfg, rank, world)
     return {"calls": calls, "model": policy.cost_model.state_dict(), "policy": policy.stats.as_dict(),
@@ -169,11 +231,13 @@ def test_gloo_timings_refine_the_model_identically_on_every_rank(world: int) -> 
     first = runs[0]
     assert len(first["calls"]) == first["policy"]["refits"] == 2  # before each re-solve
     for call in first["calls"]:
-        assert call and all(seconds > 0 and world_size == world for _, _, world_size, seconds in call)
-        assert {"allgather"} <= {kind for kind, *_ in call}  # top-k's gathers (and the small dense reduces)
+        assert call and all(seconds > 0 and world_size == world for _, world_size, seconds in call)
+        assert {"allgather"} <= {kind for collectives, *_ in call for kind, _ in collectives}  # top-k's gathers
     policy = first["policy"]
     measured, before, after = policy["refit_measured_s"], policy["refit_predicted_s"], policy["refit_refined_s"]
     assert abs(after - measured) < abs(before - measured)  # the fit moved toward the measured seconds
+    # the buckets' own work took far longer than the model's picoseconds: the local scale went up, on every rank
+    assert policy["local_scale"] == first["model"]["local_scale"] > 100
     assert first["stats"]["collective_s"] > 0 and first["stats"]["predicted_collective_s"] > 0
     for rank, run in enumerate(runs[1:], start=1):
         assert run["calls"] == first["calls"], f"rank {rank} refined from other timings"

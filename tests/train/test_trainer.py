@@ -39,7 +39,10 @@ def parse_error(capsys, argv: list[str]) -> str:
     (["--policy", "accordion", "--compressor", "topk:0.2", "--accordion-heavy", "zip"],
      "--accordion-heavy zip is not a policy option"),
     (["--accordion-heavy", "topk:0.05"], "--accordion-heavy applies only with --policy accordion"),
-    (["--lgreco-cost", "time"], "--lgreco-cost and --lgreco-refine apply only with --policy lgreco"),
+    (["--lgreco-cost", "time"], "--lgreco-cost, --lgreco-refine and --lgreco-first-solve apply only with --policy"),
+    (["--lgreco-first-solve", "3"], "--lgreco-first-solve apply only with --policy lgreco"),
+    (["--policy", "lgreco", "--compressor", "topk:0.1", "--lgreco-first-solve", "0"],
+     "argument --lgreco-first-solve"),
     (["--policy", "lgreco", "--compressor", "topk:0.1", "--lgreco-refine"], "it needs --lgreco-cost time"),
     (["--policy", "lgreco", "--lgreco-cost", "seconds"], "argument --lgreco-cost: invalid choice: 'seconds'"),
     (["--spawn", "2", "--aggregate", "mean", "--byzantine", "2", "--attack", "alie"], "must be below --spawn 2"),
@@ -125,16 +128,21 @@ def test_spawned_lgreco_run_takes_powersgd_with_its_own_error_feedback(tmp_path)
 
 
 def test_spawned_lgreco_run_with_a_time_model_logs_its_predicted_collective_time(tmp_path):
-    log = tmp_path / "time.jsonl"
-    flags = ["--compressor", "topk:0.1", "--feedback", "ef14", "--policy", "lgreco", "--policy-period", "3",
-             "--lgreco-cost", "time", "--lgreco-refine", "--native-dense"]
+    """Also: its first decision comes early (τ = 2, then 4 of τ = 0..5), and the summary holds the policy's."""
+    log, summary_path = tmp_path / "time.jsonl", tmp_path / "summary.json"
+    flags = ["--compressor", "topk:0.1", "--feedback", "ef14", "--policy", "lgreco", "--policy-period", "4",
+             "--lgreco-first-solve", "2", "--lgreco-cost", "time", "--lgreco-refine", "--native-dense"]
     settings = parse_settings(flags)[0]
-    assert (settings.lgreco_cost, settings.lgreco_refine) == ("time", True)
-    code = cli.main(["train", "--spawn", "2", "--steps", "8", *flags, "--log-jsonl", str(log), "--no-progress"])
+    assert (settings.lgreco_cost, settings.lgreco_refine, settings.lgreco_first_solve) == ("time", True, 2)
+    code = cli.main(["train", "--spawn", "2", "--steps", "8", *flags, "--log-jsonl", str(log),
+                     "--json", str(summary_path), "--no-progress"])
     assert code == 0
     records = read_jsonl(log)
     assert len(records) == 8 and all(r["predicted_collective_s"] > 0 for r in records), records
     assert all(r["collective_s"] > 0 for r in records)
+    policy = json.loads(summary_path.read_text())["policy"]
+    assert policy["stats"]["solves"] == 2 and policy["stats"]["last_step"] == 4
+    assert set(policy["choices"]) == {"0.weight", "2.weight", "4.weight"}
 
 
 def test_resumed_run_repeats_the_uninterrupted_one_and_robust_runs_log(tmp_path):
