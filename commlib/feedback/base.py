@@ -42,6 +42,14 @@ from ..compress.base import Compressor, TensorContext
 __all__ = ["ErrorFeedback", "is_finite", "require_local_compressor", "local_compress", "default_eta"]
 
 
+def _shares_memory(a: Tensor, b: Tensor) -> bool:
+    """Whether dense ``a`` and ``b`` overlap in memory (same storage, overlapping byte ranges)."""
+    if a.device != b.device or a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+    a_lo, b_lo = a.data_ptr(), b.data_ptr()
+    return a_lo < b_lo + b.numel() * b.element_size() and b_lo < a_lo + a.numel() * a.element_size()
+
+
 def is_finite(g: Tensor) -> bool:
     """True when every entry of ``g`` is finite. When False, skip :meth:`ErrorFeedback.commit` for this step."""
     return ops.all_finite(g)
@@ -124,12 +132,19 @@ class ErrorFeedback(ABC):
     #: ``commit`` takes ``delta_local`` as a sparse COO tensor (it only adds or subtracts it from dense
     #: tensors). The built-in methods do; a subclass whose ``_commit`` needs a dense one sets False.
     sparse_local: bool = False
+    #: ``_message`` and ``_commit`` find a per-key work buffer of the tensor's shape under
+    #: ``s["scratch"]`` (not state: never checkpointed, not in :meth:`state_bytes`). ``message``
+    #: then returns that buffer, valid until the key's next ``message`` or ``commit`` — a runtime
+    #: compresses it before committing, as the exchange does. It saves a fresh gradient-sized
+    #: tensor per call, which on CPU costs its page faults (often more than the arithmetic).
+    scratch: bool = False
 
     def __init__(self, dtype: torch.dtype = torch.float32) -> None:
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
         self.dtype = dtype
         self._state: dict[str, dict[str, Tensor]] = {}
+        self._scratch: dict[str, Tensor] = {}
 
     # ----- configuration -------------------------------------------------------------------------------
     def config(self) -> dict[str, object]:
@@ -164,8 +179,10 @@ class ErrorFeedback(ABC):
         """Forget the state of ``key`` (all keys when None); it restarts from zeros."""
         if key is None:
             self._state.clear()
+            self._scratch.clear()
         else:
             self._state.pop(key, None)
+            self._scratch.pop(key, None)
 
     def _convert(self, t: Tensor, what: str, shape: torch.Size | None = None) -> Tensor:
         if not isinstance(t, Tensor) or not t.dtype.is_floating_point:
@@ -187,14 +204,26 @@ class ErrorFeedback(ABC):
             )
         return state
 
+    def _with_scratch(self, key: str, state: dict[str, Tensor], like: Tensor) -> dict[str, Tensor]:
+        """``state`` plus, for a method with :attr:`scratch`, the key's work buffer as ``"scratch"`` (a new dict)."""
+        if not self.scratch:
+            return state
+        buf = self._scratch.get(key)
+        if buf is None or buf.shape != like.shape or buf.device != like.device:
+            buf = self._scratch[key] = torch.empty(like.shape, dtype=self.dtype, device=like.device)
+        return {**state, "scratch": buf}
+
     # ----- the two phases ------------------------------------------------------------------------------
     def message(self, key: str, g: Tensor, ctx: TensorContext | None = None) -> Tensor:
         """The tensor ``u`` this worker compresses for ``key`` (in ``dtype``). Does not change any state.
 
+        A method with :attr:`scratch` returns the key's work buffer: compress it before the key's
+        next ``message`` or ``commit``.
+
         ``ctx`` is accepted so runtimes can pass it uniformly; the methods here do not need it.
         """
         g = self._convert(g, "g")
-        return self._message(self._buffers_for(key, g), g)
+        return self._message(self._with_scratch(key, self._buffers_for(key, g), g), g)
 
     def commit(self, key: str, g: Tensor, delta_local: Tensor, delta_mean: Tensor,
                out: Tensor | None = None) -> Tensor:
@@ -217,7 +246,10 @@ class ErrorFeedback(ABC):
             raise ValueError(f"{self.name}: out must be a tensor of g's shape {tuple(g.shape)}, "
                              f"got {tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}")
         state = self._buffers_for(key, g)
-        result = self._commit(state, g, dl, dm)
+        work = self._with_scratch(key, state, g)
+        if "scratch" in work:  # a C(u) that is u itself (the message, in the scratch) must survive its reuse
+            dl, dm = (t.clone() if not t.is_sparse and _shares_memory(t, work["scratch"]) else t for t in (dl, dm))
+        result = self._commit(work, g, dl, dm)
         if self.buffers:
             self._state[key] = state
         return result.clone() if out is None else out.copy_(result)

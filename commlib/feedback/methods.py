@@ -139,6 +139,7 @@ class EControl(ErrorFeedback):
     name = "econtrol"
     buffers = ("e", "h_local", "h")
     sparse_local = True
+    scratch = True  # g − hᵢ is formed in it twice per step (message, commit): one more fp32 buffer per tensor
 
     def __init__(self, eta: float = 0.005, dtype: torch.dtype = torch.float32) -> None:
         self.eta = check_unit_interval(eta, "EControl eta", low_open=False)
@@ -148,10 +149,10 @@ class EControl(ErrorFeedback):
         return {"name": self.name, "eta": self.eta}
 
     def _message(self, s: dict[str, Tensor], g: Tensor) -> Tensor:
-        return (g - s["h_local"]).add_(s["e"], alpha=self.eta)
+        return torch.sub(g, s["h_local"], out=s["scratch"]).add_(s["e"], alpha=self.eta)
 
     def _commit(self, s: dict[str, Tensor], g: Tensor, dl: Tensor, dm: Tensor) -> Tensor:
-        s["e"].add_((g - s["h_local"]).sub_(dl))
+        s["e"].add_(torch.sub(g, s["h_local"], out=s["scratch"]).sub_(dl))
         s["h_local"].add_(dl)
         s["h"].add_(dm)
         return s["h"]

@@ -129,3 +129,45 @@ def test_handed_over_bucket_receives_the_result_with_the_same_bits(compressor, m
                 assert (state_a is None) == (state_b is None)
                 if state_a is not None:
                     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+class _EControlFresh(EControl):
+    """EControl as written before its work buffer: ``g − hᵢ`` a fresh tensor in message and commit."""
+
+    scratch = False
+
+    def _message(self, s, g):
+        return (g - s["h_local"]).add_(s["e"], alpha=self.eta)
+
+    def _commit(self, s, g, dl, dm):
+        s["e"].add_((g - s["h_local"]).sub_(dl))
+        s["h_local"].add_(dl)
+        s["h"].add_(dm)
+        return s["h"]
+
+
+@pytest.mark.parametrize("local", ["topk sparse", "qsgd dense", "identity: C(u) is u"])
+def test_econtrol_s_work_buffer_keeps_every_bit_and_survives_a_message_that_is_its_own_compression(local) -> None:
+    ours, fresh = EControl(eta=0.2), _EControlFresh(eta=0.2)
+    topk, qsgd = TopK(density=0.2), QSGD(bits=4, bucket_size=8)
+    scratch = None
+    for step in range(6):
+        g = _grad((6, 11), step)
+        outs = []
+        for method in (ours, fresh):
+            u = method.message("w", g)
+            if local == "topk sparse":
+                dl = topk.compress(u, _ctx(step=step)).to_sparse()
+            elif local == "qsgd dense":
+                dl = qsgd.compress(u, _ctx(step=step))
+            else:
+                dl = u  # a compressor returning its input: the message buffer itself
+            outs.append(method.commit("w", g, dl, dl.to_dense() * 0.5))
+        assert _same_bits(outs[0], outs[1]), step
+        for name in ("e", "h_local", "h"):
+            assert _same_bits(ours.get("w")[name], fresh.get("w")[name]), (step, name)
+        buf = ours._scratch["w"]
+        assert scratch is None or buf.data_ptr() == scratch  # the same buffer, step after step
+        scratch = buf.data_ptr()
+    assert ours.state_bytes() == fresh.state_bytes() and "scratch" not in ours.get("w")
+    assert set(ours.state_dict()) == set(fresh.state_dict())
