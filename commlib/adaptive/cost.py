@@ -437,16 +437,13 @@ def _nonnegative_nearest_fit(a: np.ndarray, y: np.ndarray, prior: np.ndarray, fl
     units = np.maximum(prior, floor)
     scaled, start = a * units, prior / units
     free = np.ones(a.shape[1], dtype=bool)
-    x = start.copy()
-    for _ in range(a.shape[1]):
+    while True:  # each pass pins one more coordinate, so at most one pass per unknown
         x = np.zeros(a.shape[1])
         cols = scaled[:, free]
-        delta = np.linalg.lstsq(cols, y - cols @ start[free], rcond=1e-6)[0]
-        x[free] = start[free] + delta
+        x[free] = start[free] + np.linalg.lstsq(cols, y - cols @ start[free], rcond=1e-6)[0]
         if not (x[free] < 0).any():
-            break
+            return x * units
         free[np.flatnonzero(free)[np.argmin(x[free])]] = False
-    return np.maximum(x, 0.0) * units
 
 
 def cost_table(
