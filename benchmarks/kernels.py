@@ -16,6 +16,12 @@ a warm-up). Every kernel's output is checked against its reference first.
 - fused error-feedback top-k (:func:`commlib.ops.ef_topk_`: ``e += g``, top-k,
   zero the selected entries of ``e``) against the unfused sequence
   ``e.add_(g)``, ``topk_threshold``, ``index_fill_``;
+- EControl's step with top-k (``econtrol`` group): the message
+  (:func:`commlib.ops.econtrol_message`) and the commit with a sparse ``Δ`` of
+  ``k`` entries (:func:`commlib.ops.econtrol_commit_`) against the torch ops
+  they replace, and the ranks' mean of 4 top-k messages added to ``h``
+  (:func:`commlib.ops.sparse_mean_rows` + ``index_add_``) against the dense
+  decode (zeros, 4 scatters, a division) + ``h.add_``;
 - fused QSGD (4 bits, buckets of 128, l2): encode (quantize + pack) and
   decode-add, against ``memcpy`` of the float32 input;
 - the non-finite check every exchange runs on its gradients each step
@@ -60,7 +66,7 @@ import commlib.ops as ops
 from commlib.ops import reference
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "kernels.json"
-GROUPS = ("copy", "topk", "ef", "pack", "qsgd", "finite", "sketch")
+GROUPS = ("copy", "topk", "ef", "econtrol", "pack", "qsgd", "finite", "sketch")
 
 
 @dataclass
@@ -124,6 +130,7 @@ def size_cases(d: int, with_reference: bool, seed: int) -> list[Case]:
     if with_reference:
         cases.append(Case("topk", "topk reference", lambda: reference.topk_magnitude(x, k), fbytes, "torch.topk(|x|)"))
     cases += ef_topk_cases(x, k, fbytes)
+    cases += econtrol_cases(x, k, fbytes, seed)
     codes = torch.randint(0, 2, (d,), dtype=torch.uint8, generator=gen)
     code_copy = torch.empty_like(codes)
     cases.append(Case("copy", "memcpy (uint8 codes)", lambda: code_copy.copy_(codes), d, "memcpy (uint8 codes)",
@@ -179,6 +186,59 @@ def ef_topk_cases(g: Tensor, k: int, fbytes: int) -> list[Case]:
     return [
         Case("ef", unfused_name, lambda: unfused_ef_topk(e_unfused, g, k), fbytes, unfused_name),
         Case("ef", "ef top-k fused (ef_topk_)", lambda: ops.ef_topk_(e_fused, g, k), fbytes, unfused_name),
+    ]
+
+
+def econtrol_cases(g: Tensor, k: int, fbytes: int, seed: int, ranks: int = 4) -> list[Case]:
+    """EControl's message, commit and mean update: kernels vs the torch ops they replace (checked equal first)."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    d = g.numel()
+    h, e, work = torch.randn(d, generator=gen), torch.randn(d, generator=gen), torch.empty(d)
+    idx = torch.randperm(d, generator=gen)[:k].sort().values
+    vals = torch.randn(k, generator=gen)
+    rows = torch.stack([torch.randperm(d, generator=gen)[:k].sort().values for _ in range(ranks)]).int()
+    row_vals = torch.randn(rows.shape, generator=gen)
+
+    def message_torch() -> Tensor:  # as EControl wrote it before the kernel (torch fuses η·e + d in its vector loop)
+        return torch.sub(g, h, out=work).add_(e, alpha=0.005)
+
+    def commit_torch(e_: Tensor, h_: Tensor) -> None:
+        diff = torch.sub(g, h_, out=work)
+        diff.index_add_(0, idx, vals.neg())
+        e_.add_(diff)
+        h_.index_add_(0, idx, vals)
+
+    def mean_dense(h_: Tensor) -> None:
+        mean = torch.zeros(d)
+        for r in range(ranks):
+            mean[rows[r].long()] += row_vals[r]
+        h_.add_(mean.div_(ranks))
+
+    def mean_sparse(h_: Tensor) -> None:
+        union, mean = ops.sparse_mean_rows(rows, row_vals, ranks)
+        h_.index_add_(0, union, mean)
+
+    kernel_message = ops.econtrol_message(g, h, e, 0.005, torch.empty(d))
+    assert torch.equal(kernel_message, reference.econtrol_message(g, h, e, 0.005, torch.empty(d))), "message differs"
+    assert torch.allclose(message_torch(), kernel_message, rtol=1e-6, atol=1e-7), "message differs from torch's"
+    pairs = [(e.clone(), h.clone()) for _ in range(2)]
+    commit_torch(*pairs[0])
+    ops.econtrol_commit_(*pairs[1], g, idx, vals)
+    assert all(torch.equal(a, b) for a, b in zip(*pairs)), "econtrol_commit_ differs from the torch ops"
+    h_dense, h_sparse = h.clone(), h.clone()
+    mean_dense(h_dense)
+    mean_sparse(h_sparse)
+    assert torch.equal(h_dense, h_sparse), "sparse mean differs from the dense decode"
+    e_t, h_t, e_k, h_k = e.clone(), h.clone(), e.clone(), h.clone()
+    msg, com, mean = "econtrol message (torch ops)", "econtrol commit (torch ops)", f"mean of {ranks}, dense + h.add_"
+    return [
+        Case("econtrol", msg, message_torch, fbytes, msg),
+        Case("econtrol", "econtrol message kernel", lambda: ops.econtrol_message(g, h, e, 0.005, work), fbytes, msg),
+        Case("econtrol", com, lambda: commit_torch(e_t, h_t), fbytes, com),
+        Case("econtrol", "econtrol commit kernel", lambda: ops.econtrol_commit_(e_k, h_k, g, idx, vals), fbytes, com),
+        Case("econtrol", mean, lambda: mean_dense(h_dense), fbytes, mean),
+        Case("econtrol", f"mean of {ranks}, sparse_mean_rows + index_add_", lambda: mean_sparse(h_sparse), fbytes,
+             mean),
     ]
 
 

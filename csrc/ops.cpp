@@ -19,6 +19,19 @@ TORCH_LIBRARY(commlib, m) {
   m.def("topk_threshold(Tensor x, int k, int seed) -> (Tensor, Tensor)", {at::Tag::pt2_compliant_tag});
   // Fused error feedback (see topk.h): e += g, (values, int32 indices) = topk_threshold(e, k, seed), e[indices] = 0.
   m.def("ef_topk_(Tensor(a!) e, Tensor g, int k, int seed) -> (Tensor, Tensor)", {at::Tag::pt2_compliant_tag});
+  // EControl's message (see cpu/feedback.cpp): out = (g - h_local) + (eta * e), each op one float32 rounding.
+  // All four contiguous float32 of one shape; out shares no memory with the inputs.
+  m.def("econtrol_message(Tensor g, Tensor h_local, Tensor e, float eta, Tensor(a!) out) -> ()",
+        {at::Tag::pt2_compliant_tag});
+  // EControl's commit with a sparse delta: d = g - h_local; d[indices] -= values; e += d; h_local[indices] += values.
+  // e, h_local, g: contiguous float32 of one shape, no shared memory; indices: 1-D int64 flat, strictly
+  // increasing within [0, numel); values: float32, one per index.
+  m.def("econtrol_commit_(Tensor(a!) e, Tensor(b!) h_local, Tensor g, Tensor indices, Tensor values) -> ()",
+        {at::Tag::pt2_compliant_tag});
+  // The mean of n sparse rows (rank r's entries at row r of indices (n, k) int32, each row strictly increasing and
+  // non-negative, and values (n, k) float32): (union int64 indices, sorted; float32 (sum in row order from 0) / divisor).
+  m.def("sparse_mean_rows(Tensor indices, Tensor values, int divisor) -> (Tensor, Tensor)",
+        {at::Tag::pt2_compliant_tag});
   // x: 1-D contiguous finite float32. Returns (float32 scale per bucket, packed codes); see qsgd.h.
   m.def("qsgd_encode(Tensor x, int bucket_size, int levels, int bits, bool max_norm, int seed) -> (Tensor, Tensor)",
         {at::Tag::pt2_compliant_tag});

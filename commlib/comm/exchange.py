@@ -527,7 +527,7 @@ class GradientExchange:
         """
         message = self.feedback.message(name, g, ctx)
         mean, local = yield from compressor.exchange_local(message, replace(ctx, writable=False),
-                                                           sparse=self.feedback.sparse_local)
+                                                           sparse=self.feedback.sparse_deltas)
         return self.feedback.commit(name, g, local, mean, out=handed_over(g, ctx))
 
     @staticmethod

@@ -9,9 +9,11 @@ from .qsgd import QSGD
 from .randk import RandK
 from .sign import Sign
 from .sketch import FetchSGD, Sketch, SketchedSGD
+from .sparse_delta import SparseDelta
 from .topk import TopK
 
 __all__ = [
+    "SparseDelta",
     "BF16",
     "FP16",
     "QSGD",

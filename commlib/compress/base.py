@@ -118,8 +118,9 @@ class Compressor(ABC):
         Error feedback needs both. Single-round compressors decode their own
         payload; methods without a local operator (PowerSGD) raise ``ValueError``.
         ``sparse=True`` lets a compressor whose ``C(x)`` is mostly zeros (top-k)
-        return ``local`` as a sparse COO tensor of ``x``'s shape; the others
-        return it dense whatever ``sparse`` says.
+        return ``mean`` and ``local`` as :class:`~commlib.compress.SparseDelta`
+        (same values, no pass over the whole tensor); the others return them
+        dense whatever ``sparse`` says.
         """
         raise ValueError(f"{type(self).__name__} has no local compression operator C(x); error feedback needs one")
         yield  # pragma: no cover - makes this a generator
@@ -180,17 +181,21 @@ class GatherCompressor(Compressor):
         self.decode_add(self.encode(x, ctx), out, ctx)
         return out.view(x.shape)
 
+    def check_parts(self, parts: Tensor, shape: torch.Size) -> None:
+        """Raise :class:`WireFormatError` unless ``parts`` holds one uint8 payload per row, each of the right size."""
+        expected = self.payload_bytes(shape)
+        if parts.dtype != torch.uint8 or parts.dim() != 2 or parts.shape[1] != expected:
+            raise WireFormatError(
+                f"{self.name}: expected uint8 payloads of {expected} bytes, got {parts.dtype} {tuple(parts.shape)}"
+            )
+
     def decode_all(self, parts: Tensor, shape: torch.Size, ctx: TensorContext, into: Tensor | None = None) -> Tensor:
         """Average the decoded payloads of all ranks (rows of ``parts``), summed in rank order.
 
         ``into``: a handed-over contiguous float32 tensor of ``shape`` to zero and sum in (no new
         tensor); if a later row is malformed it is left holding a partial sum, and this raises.
         """
-        expected = self.payload_bytes(shape)
-        if parts.dtype != torch.uint8 or parts.dim() != 2 or parts.shape[1] != expected:
-            raise WireFormatError(
-                f"{self.name}: expected uint8 payloads of {expected} bytes, got {parts.dtype} {tuple(parts.shape)}"
-            )
+        self.check_parts(parts, shape)
         if into is None:
             out = torch.zeros(shape.numel(), dtype=torch.float32, device=parts.device)
         else:

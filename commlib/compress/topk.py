@@ -17,8 +17,10 @@ import torch
 from torch import Tensor
 
 from .. import ops
+from ..comm.collectives import Protocol
 from ..errors import WireFormatError
 from .base import GatherCompressor, TensorContext, WireBytes, check_density
+from .sparse_delta import SparseDelta
 
 __all__ = ["TopK"]
 
@@ -77,19 +79,42 @@ class TopK(GatherCompressor):
         values, idx = self._read(payload, out.numel(), ctx)
         out[idx] += values
 
-    def decode_local(self, payload: Tensor, shape: torch.Size, ctx: TensorContext, sparse: bool = False) -> Tensor:
-        """``C(x)`` from one payload; with ``sparse``, a coalesced sparse COO tensor of ``shape`` (same values).
+    def exchange_local(self, x: Tensor, ctx: TensorContext,
+                       sparse: bool = False) -> Protocol[tuple[Tensor | SparseDelta, Tensor | SparseDelta]]:
+        """``(mean, local)``; with ``sparse``, both as :class:`SparseDelta` (the same values as dense).
 
-        Error feedback then updates its buffers at the ``k`` kept entries only
-        (``buffer.sub_(local)`` with a sparse operand), with the same bits as the
-        dense ``C(x)`` would give (``b − 0 = b``), instead of passing over all ``d``.
+        The sparse mean sums the ranks' entries in rank order from zero and
+        divides by ``n`` (:func:`commlib.ops.sparse_mean_rows`), as the dense
+        decode does, at the union of the kept indices only: no pass over ``d``.
         """
-        if not sparse or len(shape) == 0:
+        if not sparse:
+            return (yield from super().exchange_local(x, ctx))
+        parts = yield from self._gather(x, ctx)
+        return self.sparse_mean(parts, x.shape, ctx), self.decode_local(parts[ctx.rank], x.shape, ctx, sparse=True)
+
+    def sparse_mean(self, parts: Tensor, shape: torch.Size, ctx: TensorContext) -> SparseDelta:
+        """The mean of every rank's payload (rows of ``parts``) as a :class:`SparseDelta`; each row validated."""
+        self.check_parts(parts, shape)
+        for row in parts:
+            self._read(row, shape.numel(), ctx)
+        k = parts.shape[1] // 8
+        values = parts[:, : 4 * k].contiguous().view(torch.float32)
+        indices = parts[:, 4 * k :].contiguous().view(torch.int32)
+        union, mean = ops.sparse_mean_rows(indices, values, parts.shape[0])
+        return SparseDelta(union, mean, shape)
+
+    def decode_local(self, payload: Tensor, shape: torch.Size, ctx: TensorContext,
+                     sparse: bool = False) -> Tensor | SparseDelta:
+        """``C(x)`` from one payload; with ``sparse``, a :class:`SparseDelta` of ``shape`` (same values).
+
+        Error feedback then updates its buffers at the ``k`` kept entries only,
+        with the same bits as the dense ``C(x)`` would give (``b − 0 = b``),
+        instead of passing over all ``d``.
+        """
+        if not sparse:
             return super().decode_local(payload, shape, ctx)
         values, idx = self._read(payload, shape.numel(), ctx)
-        coords = torch.stack(torch.unravel_index(idx, tuple(shape))) if len(shape) != 1 else idx.unsqueeze(0)
-        return torch.sparse_coo_tensor(coords, values.clone(), tuple(shape), is_coalesced=True,
-                                       check_invariants=False)  # strictly increasing indices: checked in _read
+        return SparseDelta(idx, values.clone(), shape)
 
     def _read(self, payload: Tensor, d: int, ctx: TensorContext) -> tuple[Tensor, Tensor]:
         """Validate one payload for a tensor of ``d`` elements: its ``(float32 values, int64 flat indices)``."""

@@ -8,10 +8,11 @@ same object can be driven by any runtime (DDP hook, in-process simulator, MPI):
    state, never writes it.
 2. The runtime computes ``delta_local = C(u)`` (this rank's compressed
    message, e.g. :func:`local_compress`) and exchanges it; the exchange returns
-   ``delta_mean``, the mean of all ranks' ``C(u)``. ``delta_local`` is dense, or,
-   for a method with :attr:`ErrorFeedback.sparse_local` and a sparse compressor
-   (top-k), a sparse COO tensor: the method's buffers are then updated at the
-   kept entries only, with the same bits.
+   ``delta_mean``, the mean of all ranks' ``C(u)``. Both are dense, or, for a
+   method with :attr:`ErrorFeedback.sparse_deltas` and a sparse compressor
+   (top-k), :class:`~commlib.compress.SparseDelta` (or sparse COO tensors): the
+   method's buffers are then updated at the kept entries only, with the same
+   bits (but a ``−0.0`` in a buffer, which ``+ 0`` would have made ``+0.0``).
 3. ``out = method.commit(key, g, delta_local, delta_mean)`` — updates the state
    and returns what the optimizer must see: a fresh tensor, or ``out=`` (which
    may be ``g`` itself, e.g. DDP's bucket: it is written last).
@@ -38,8 +39,20 @@ from torch import Tensor
 
 from .. import ops
 from ..compress.base import Compressor, TensorContext
+from ..compress.sparse_delta import SparseDelta
 
-__all__ = ["ErrorFeedback", "is_finite", "require_local_compressor", "local_compress", "default_eta"]
+__all__ = ["ErrorFeedback", "Delta", "add_delta_", "is_finite", "require_local_compressor", "local_compress",
+           "default_eta"]
+
+#: A compressed message as :meth:`ErrorFeedback.commit` receives it: dense, or zero but at a few entries.
+Delta = Tensor | SparseDelta
+
+
+def add_delta_(t: Tensor, delta: Delta, alpha: float = 1.0) -> Tensor:
+    """``t += alpha·delta`` (``alpha`` 1 or −1) in place; a :class:`SparseDelta` touches its kept entries only."""
+    if isinstance(delta, SparseDelta):
+        return delta.add_to_(t, alpha)
+    return t.add_(delta, alpha=alpha)
 
 
 def _shares_memory(a: Tensor, b: Tensor) -> bool:
@@ -129,14 +142,16 @@ class ErrorFeedback(ABC):
     name: str = "feedback"
     #: Names of the persistent per-key buffers (per-worker and global), all of the tensor's shape.
     buffers: tuple[str, ...] = ()
-    #: ``commit`` takes ``delta_local`` as a sparse COO tensor (it only adds or subtracts it from dense
-    #: tensors). The built-in methods do; a subclass whose ``_commit`` needs a dense one sets False.
-    sparse_local: bool = False
+    #: ``commit`` takes ``delta_local`` and ``delta_mean`` as :class:`~commlib.compress.SparseDelta` (or
+    #: sparse COO tensors), which ``_commit`` only adds to dense tensors (:func:`add_delta_`) or returns.
+    #: The built-in methods do; a subclass whose ``_commit`` needs dense ones sets False.
+    sparse_deltas: bool = False
     #: ``_message`` and ``_commit`` find a per-key work buffer of the tensor's shape under
     #: ``s["scratch"]`` (not state: never checkpointed, not in :meth:`state_bytes`). ``message``
     #: then returns that buffer, valid until the key's next ``message`` or ``commit`` — a runtime
     #: compresses it before committing, as the exchange does. It saves a fresh gradient-sized
-    #: tensor per call, which on CPU costs its page faults (often more than the arithmetic).
+    #: tensor per call, which on CPU costs its page faults (often more than the arithmetic), for
+    #: one more buffer per key held between steps. The built-in methods with state use one.
     scratch: bool = False
 
     def __init__(self, dtype: torch.dtype = torch.float32) -> None:
@@ -225,34 +240,50 @@ class ErrorFeedback(ABC):
         g = self._convert(g, "g")
         return self._message(self._with_scratch(key, self._buffers_for(key, g), g), g)
 
-    def commit(self, key: str, g: Tensor, delta_local: Tensor, delta_mean: Tensor,
+    def commit(self, key: str, g: Tensor, delta_local: Delta, delta_mean: Delta,
                out: Tensor | None = None) -> Tensor:
         """Update the state of ``key`` after the exchange; return the tensor the optimizer steps with.
 
         ``g`` must be the same gradient given to :meth:`message`, ``delta_local``
-        this worker's ``C(u)`` (sparse COO allowed when :attr:`sparse_local`) and
-        ``delta_mean`` the mean of all workers' ``C(u)``
-        (identical on every rank). Call only when ``g`` is finite (:func:`is_finite`)
+        this worker's ``C(u)`` and ``delta_mean`` the mean of all workers' ``C(u)``
+        (identical on every rank); either may be a :class:`~commlib.compress.SparseDelta`
+        or a sparse COO tensor when :attr:`sparse_deltas`. Call only when ``g`` is finite (:func:`is_finite`)
         and the exchange completed. Returns a new tensor in ``dtype``, or, given
         ``out`` (``g``'s shape; it may be ``g`` itself, written after the state is
         updated), the result copied into ``out``: no gradient-sized allocation.
         """
         g = self._convert(g, "g")
-        if isinstance(delta_local, Tensor) and delta_local.is_sparse and not self.sparse_local:
-            raise ValueError(f"{self.name}: delta_local must be dense (this method's sparse_local is False)")
-        dl = self._convert(delta_local, "delta_local", g.shape)
-        dm = self._convert(delta_mean, "delta_mean", g.shape)
+        dl = self._delta(delta_local, "delta_local", g.shape)
+        dm = self._delta(delta_mean, "delta_mean", g.shape)
         if out is not None and (not isinstance(out, Tensor) or out.shape != g.shape):
             raise ValueError(f"{self.name}: out must be a tensor of g's shape {tuple(g.shape)}, "
                              f"got {tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}")
         state = self._buffers_for(key, g)
         work = self._with_scratch(key, state, g)
         if "scratch" in work:  # a C(u) that is u itself (the message, in the scratch) must survive its reuse
-            dl, dm = (t.clone() if not t.is_sparse and _shares_memory(t, work["scratch"]) else t for t in (dl, dm))
+            dl, dm = (t.clone() if isinstance(t, Tensor) and _shares_memory(t, work["scratch"]) else t
+                      for t in (dl, dm))
         result = self._commit(work, g, dl, dm)
         if self.buffers:
             self._state[key] = state
+        if isinstance(result, SparseDelta):  # the mean itself (EF14, no feedback)
+            if out is None or not out.is_contiguous():
+                return result.to_dense() if out is None else out.copy_(result.to_dense())
+            return result.add_to_(out.zero_())
         return result.clone() if out is None else out.copy_(result)
+
+    def _delta(self, delta: object, what: str, shape: torch.Size) -> Delta:
+        """``delta`` checked: a dense tensor in ``dtype``, or a :class:`SparseDelta` (sparse COO converted)."""
+        sparse = isinstance(delta, SparseDelta) or (isinstance(delta, Tensor) and delta.is_sparse)
+        if sparse and not self.sparse_deltas:
+            raise ValueError(f"{self.name}: {what} must be dense (this method's sparse_deltas is False)")
+        if isinstance(delta, Tensor) and delta.is_sparse:
+            delta = SparseDelta.from_coo(delta)
+        if isinstance(delta, SparseDelta):
+            if delta.shape != shape:
+                raise ValueError(f"{self.name}: {what} has shape {tuple(delta.shape)}, expected {tuple(shape)}")
+            return delta
+        return self._convert(delta, what, shape)
 
     def warm_start(self, key: str, g_local: Tensor, g_mean: Tensor) -> None:
         """Dense warm start of ``key`` after one uncompressed exchange (``g_mean`` = mean of the ``g_local``).
@@ -276,7 +307,7 @@ class ErrorFeedback(ABC):
     def _message(self, s: dict[str, Tensor], g: Tensor) -> Tensor: ...
 
     @abstractmethod
-    def _commit(self, s: dict[str, Tensor], g: Tensor, dl: Tensor, dm: Tensor) -> Tensor:
+    def _commit(self, s: dict[str, Tensor], g: Tensor, dl: Delta, dm: Delta) -> Tensor | SparseDelta:
         """Update ``s``; return the output (it may be a buffer of ``s`` or ``dm``: :meth:`commit` copies it)."""
 
     # ----- checkpointing -------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ NoFeedback       ``g``                         —                              
 EF14             ``e + g``                     ``e ← e + g − Δ``                                      ``Δ̄``   4
 EF21             ``g − hᵢ``                    ``hᵢ ← hᵢ + Δ``; ``h ← h + Δ̄``                          ``h``   8
 EF21SGDM(β)      ``v' − hᵢ``                   ``vᵢ ← v'``; ``hᵢ ← hᵢ + Δ``; ``h ← h + Δ̄``             ``h``   12
-EControl(η)      ``η·e + g − hᵢ``              ``e ← e + g − hᵢ − Δ``; ``hᵢ ← hᵢ + Δ``; ``h ← h + Δ̄``  ``h``   12
+EControl(η)      ``(g − hᵢ) + η·e``            ``e ← e + g − hᵢ − Δ``; ``hᵢ ← hᵢ + Δ``; ``h ← h + Δ̄``  ``h``   12
 ===============  ===========================  =====================================================  ======  =========
 
 with ``v' = (1 − β)·vᵢ + β·g``; bytes per element are for fp32 state.
@@ -24,7 +24,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import ErrorFeedback, check_unit_interval
+from .. import ops
+from ..compress.sparse_delta import SparseDelta
+from .base import Delta, ErrorFeedback, add_delta_, check_unit_interval
 
 __all__ = ["NoFeedback", "EF14", "EF21", "EF21SGDM", "EControl"]
 
@@ -34,12 +36,12 @@ class NoFeedback(ErrorFeedback):
 
     name = "none"
     buffers = ()
-    sparse_local = True
+    sparse_deltas = True
 
     def _message(self, s: dict[str, Tensor], g: Tensor) -> Tensor:
         return g.clone()
 
-    def _commit(self, s: dict[str, Tensor], g: Tensor, dl: Tensor, dm: Tensor) -> Tensor:
+    def _commit(self, s: dict[str, Tensor], g: Tensor, dl: Delta, dm: Delta) -> Tensor | SparseDelta:
         return dm
 
 
@@ -54,13 +56,14 @@ class EF14(ErrorFeedback):
 
     name = "ef14"
     buffers = ("e",)
-    sparse_local = True
+    sparse_deltas = True
+    scratch = True
 
     def _message(self, s: dict[str, Tensor], g: Tensor) -> Tensor:
-        return s["e"] + g
+        return torch.add(s["e"], g, out=s["scratch"])
 
-    def _commit(self, s: dict[str, Tensor], g: Tensor, dl: Tensor, dm: Tensor) -> Tensor:
-        s["e"].add_(g).sub_(dl)
+    def _commit(self, s: dict[str, Tensor], g: Tensor, dl: Delta, dm: Delta) -> Tensor | SparseDelta:
+        add_delta_(s["e"].add_(g), dl, alpha=-1.0)
         return dm
 
 
@@ -74,14 +77,15 @@ class EF21(ErrorFeedback):
 
     name = "ef21"
     buffers = ("h_local", "h")
-    sparse_local = True
+    sparse_deltas = True
+    scratch = True
 
     def _message(self, s: dict[str, Tensor], g: Tensor) -> Tensor:
-        return g - s["h_local"]
+        return torch.sub(g, s["h_local"], out=s["scratch"])
 
-    def _commit(self, s: dict[str, Tensor], g: Tensor, dl: Tensor, dm: Tensor) -> Tensor:
-        s["h_local"].add_(dl)
-        s["h"].add_(dm)
+    def _commit(self, s: dict[str, Tensor], g: Tensor, dl: Delta, dm: Delta) -> Tensor:
+        add_delta_(s["h_local"], dl)
+        add_delta_(s["h"], dm)
         return s["h"]
 
 
@@ -96,7 +100,8 @@ class EF21SGDM(ErrorFeedback):
 
     name = "ef21_sgdm"
     buffers = ("v", "h_local", "h")
-    sparse_local = True
+    sparse_deltas = True
+    scratch = True
 
     def __init__(self, beta: float = 0.1, dtype: torch.dtype = torch.float32) -> None:
         self.beta = check_unit_interval(beta, "EF21SGDM beta", low_open=True)
@@ -105,16 +110,13 @@ class EF21SGDM(ErrorFeedback):
     def config(self) -> dict[str, object]:
         return {"name": self.name, "beta": self.beta}
 
-    def _momentum(self, s: dict[str, Tensor], g: Tensor) -> Tensor:
-        return s["v"].mul(1.0 - self.beta).add_(g, alpha=self.beta)
-
     def _message(self, s: dict[str, Tensor], g: Tensor) -> Tensor:
-        return self._momentum(s, g).sub_(s["h_local"])
+        return torch.mul(s["v"], 1.0 - self.beta, out=s["scratch"]).add_(g, alpha=self.beta).sub_(s["h_local"])
 
-    def _commit(self, s: dict[str, Tensor], g: Tensor, dl: Tensor, dm: Tensor) -> Tensor:
-        s["v"].copy_(self._momentum(s, g))
-        s["h_local"].add_(dl)
-        s["h"].add_(dm)
+    def _commit(self, s: dict[str, Tensor], g: Tensor, dl: Delta, dm: Delta) -> Tensor:
+        s["v"].mul_(1.0 - self.beta).add_(g, alpha=self.beta)  # v' as in the message, now kept
+        add_delta_(s["h_local"], dl)
+        add_delta_(s["h"], dm)
         return s["h"]
 
 
@@ -123,8 +125,10 @@ class EControl(ErrorFeedback):
     Control", ICLR 2024).
 
     State ``eᵢ`` (error), ``hᵢ`` (local estimate), ``h`` (global estimate).
-    Step: ``u = η·e + (g − hᵢ)``; send ``Δ = C(u)``; ``e ← e + (g − hᵢ) − Δ``;
-    ``hᵢ ← hᵢ + Δ``; ``h ← h + Δ̄``; output ``h``.
+    Step: ``u = (g − hᵢ) + η·e``; send ``Δ = C(u)``; ``e ← e + ((g − hᵢ) − Δ)``;
+    ``hᵢ ← hᵢ + Δ``; ``h ← h + Δ̄``; output ``h``. Message and commit are one pass
+    each (:func:`commlib.ops.econtrol_message`, and :func:`commlib.ops.econtrol_commit_`
+    when ``Δ`` is sparse); every operation rounds once, in the order written.
 
     Identities (any η, any C): ``eᵢ' + hᵢ' = eᵢ + g``; the virtual iterate
     ``x − γ·ē`` follows SGD exactly; ``η = 0`` is EF21 bit for bit.
@@ -138,8 +142,8 @@ class EControl(ErrorFeedback):
 
     name = "econtrol"
     buffers = ("e", "h_local", "h")
-    sparse_local = True
-    scratch = True  # g − hᵢ is formed in it twice per step (message, commit): one more fp32 buffer per tensor
+    sparse_deltas = True
+    scratch = True
 
     def __init__(self, eta: float = 0.005, dtype: torch.dtype = torch.float32) -> None:
         self.eta = check_unit_interval(eta, "EControl eta", low_open=False)
@@ -149,10 +153,13 @@ class EControl(ErrorFeedback):
         return {"name": self.name, "eta": self.eta}
 
     def _message(self, s: dict[str, Tensor], g: Tensor) -> Tensor:
-        return torch.sub(g, s["h_local"], out=s["scratch"]).add_(s["e"], alpha=self.eta)
+        return ops.econtrol_message(g, s["h_local"], s["e"], self.eta, out=s["scratch"])
 
-    def _commit(self, s: dict[str, Tensor], g: Tensor, dl: Tensor, dm: Tensor) -> Tensor:
-        s["e"].add_(torch.sub(g, s["h_local"], out=s["scratch"]).sub_(dl))
-        s["h_local"].add_(dl)
-        s["h"].add_(dm)
+    def _commit(self, s: dict[str, Tensor], g: Tensor, dl: Delta, dm: Delta) -> Tensor:
+        if isinstance(dl, SparseDelta):  # one pass over e, hᵢ and g (commlib.ops.econtrol_commit_)
+            ops.econtrol_commit_(s["e"], s["h_local"], g, dl.indices, dl.values.to(s["e"].dtype))
+        else:
+            s["e"].add_(torch.sub(g, s["h_local"], out=s["scratch"]).sub_(dl))
+            s["h_local"].add_(dl)
+        add_delta_(s["h"], dm)
         return s["h"]

@@ -45,11 +45,14 @@ __all__ = [
     "backend",
     "count_sketch_add_",
     "count_unsketch",
+    "econtrol_commit_",
+    "econtrol_message",
     "ef_topk_",
     "pack_bits",
     "packed_length",
     "qsgd_decode_add",
     "qsgd_encode",
+    "sparse_mean_rows",
     "srht",
     "srht_transpose",
     "topk_magnitude",
@@ -228,6 +231,75 @@ def ef_topk_(e: Tensor, g: Tensor, k: int, seed: int = 0) -> tuple[Tensor, Tenso
     if _has_kernel(e, torch.float32) and e.is_contiguous() and g.dtype == torch.float32 and g.device == e.device:
         return torch.ops.commlib.ef_topk_(e, g.contiguous(), k, _as_int64(seed))
     return _reference.ef_topk_(e, g, k, seed)
+
+
+def _on_cpu_kernel(*tensors: Tensor) -> bool:
+    """Whether the CPU kernels serve ``tensors``: the extension is loaded and all are contiguous CPU tensors."""
+    return _EXTENSION is not None and all(t.device.type == "cpu" and t.is_contiguous() for t in tensors)
+
+
+def _check_like(op: str, like: Tensor, **tensors: Tensor) -> None:
+    """``ValueError`` unless ``like`` is floating point and every tensor has its dtype, shape and device."""
+    for name, t in tensors.items():
+        if not isinstance(t, Tensor) or not like.is_floating_point() or (t.dtype, t.shape, t.device) != (
+                like.dtype, like.shape, like.device):
+            raise ValueError(f"{op}: {name} must be a floating-point tensor like the first ({like.dtype} "
+                             f"{tuple(like.shape)} on {like.device}), got {getattr(t, 'dtype', type(t).__name__)} "
+                             f"{tuple(getattr(t, 'shape', ()))}")
+
+
+def econtrol_message(g: Tensor, h_local: Tensor, e: Tensor, eta: float, out: Tensor) -> Tensor:
+    """EControl's message ``out = (g − hᵢ) + (η·e)`` in one pass; returns ``out``.
+
+    Each operation rounds once, in this order (no fused multiply-add), so every
+    backend gives the bits of :func:`commlib.ops.reference.econtrol_message`.
+    All four have one floating dtype and shape; ``out`` shares no memory with
+    the inputs. Contiguous float32 CPU tensors take the kernel (one read of
+    each input, one write), anything else the reference (three torch ops).
+    """
+    _check_like("econtrol_message", g, g=g, h_local=h_local, e=e, out=out)
+    if g.dtype == torch.float32 and _on_cpu_kernel(g, h_local, e, out):
+        torch.ops.commlib.econtrol_message(g, h_local, e, float(eta), out)
+        return out
+    return _reference.econtrol_message(g, h_local, e, eta, out)
+
+
+def econtrol_commit_(e: Tensor, h_local: Tensor, g: Tensor, indices: Tensor, values: Tensor) -> None:
+    """EControl's commit with a sparse ``Δ``: ``e ← e + ((g − hᵢ) − Δ)``, then ``hᵢ ← hᵢ + Δ``, in one pass.
+
+    ``Δ`` is zero but at the flat ``indices`` (1-D int64, strictly increasing
+    within ``[0, e.numel())``, else ``ValueError`` before anything is written),
+    where it holds ``values``. The bits are those of the dense update
+    (:func:`commlib.ops.reference.econtrol_commit_`). ``e``, ``hᵢ``, ``g`` and
+    ``values`` have one floating dtype; ``e`` and ``hᵢ`` are contiguous and
+    distinct. Contiguous float32 CPU tensors take the kernel.
+    """
+    _check_like("econtrol_commit_", e, e=e, h_local=h_local, g=g)
+    if not (e.is_contiguous() and h_local.is_contiguous()):
+        raise ValueError("econtrol_commit_: e and h_local must be contiguous (they are updated in place)")
+    if not isinstance(values, Tensor) or values.dtype != e.dtype or not isinstance(indices, Tensor) \
+            or values.shape != indices.shape:
+        raise ValueError(f"econtrol_commit_: values must be {e.dtype}, one per index, got "
+                         f"{getattr(values, 'dtype', type(values).__name__)} {tuple(getattr(values, 'shape', ()))}")
+    if e.dtype == torch.float32 and indices.dtype == torch.int64 and _on_cpu_kernel(e, h_local, g, indices, values):
+        torch.ops.commlib.econtrol_commit_(e, h_local, g, indices, values)
+    else:
+        _reference.econtrol_commit_(e, h_local, g, indices, values)
+
+
+def sparse_mean_rows(indices: Tensor, values: Tensor, divisor: int) -> tuple[Tensor, Tensor]:
+    """The mean of ``n`` sparse rows without a dense tensor: ``(union int64 indices, float32 mean)``.
+
+    Row ``r`` of ``indices`` (``(n, k)`` int32, each row strictly increasing and
+    non-negative) and ``values`` (float32) is rank ``r``'s top-k message. At
+    each index any row holds, the mean is the rows' sum in row order starting
+    from 0, divided by ``divisor``: the bits of zeros + every row added in rank
+    order + one division. The kernel sorts the ``n·k`` entries by a stable
+    radix sort (O(n·k), whatever ``n``) and sums each run of equal indices.
+    """
+    if _on_cpu_kernel(indices, values):
+        return torch.ops.commlib.sparse_mean_rows(indices, values, int(divisor))
+    return _reference.sparse_mean_rows(indices, values, divisor)
 
 
 def qsgd_encode(

@@ -85,6 +85,33 @@ def _ef_topk_fake(e: Tensor, g: Tensor, k: int, seed: int) -> tuple[Tensor, Tens
     return _topk_fake("ef_topk_", e, k)
 
 
+@_register_fake("commlib::econtrol_message")
+def _econtrol_message_fake(g: Tensor, h_local: Tensor, e: Tensor, eta: float, out: Tensor) -> None:
+    for t in (h_local, e, out):
+        torch._check_value(t.dtype == g.dtype and t.shape == g.shape,
+                           lambda: "econtrol_message: g, h_local, e and out must share one dtype and shape")
+
+
+@_register_fake("commlib::econtrol_commit_")
+def _econtrol_commit_fake(e: Tensor, h_local: Tensor, g: Tensor, indices: Tensor, values: Tensor) -> None:
+    for t in (h_local, g):
+        torch._check_value(t.dtype == e.dtype and t.shape == e.shape,
+                           lambda: "econtrol_commit_: e, h_local and g must share one dtype and shape")
+    torch._check_value(indices.dtype == torch.int64 and indices.dim() == 1,
+                       lambda: "econtrol_commit_: indices must be a 1-D int64 tensor")
+    torch._check_value(values.shape == indices.shape, lambda: "econtrol_commit_: one value per index")
+
+
+@_register_fake("commlib::sparse_mean_rows")
+def _sparse_mean_rows_fake(indices: Tensor, values: Tensor, divisor: int) -> tuple[Tensor, Tensor]:
+    torch._check_value(indices.dtype == torch.int32 and indices.dim() == 2,
+                       lambda: "sparse_mean_rows: indices must be a 2-D int32 tensor")
+    torch._check_value(values.dtype == torch.float32 and values.shape == indices.shape,
+                       lambda: "sparse_mean_rows: values must be float32 of the indices' shape")
+    unique = torch.library.get_ctx().new_dynamic_size()
+    return indices.new_empty((unique,), dtype=torch.int64), values.new_empty((unique,))
+
+
 @_register_fake("commlib::qsgd_encode")
 def _qsgd_encode_fake(
     x: Tensor, bucket_size: int, levels: int, bits: int, max_norm: bool, seed: int

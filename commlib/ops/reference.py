@@ -22,11 +22,14 @@ __all__ = [
     "count_sketch_add_",
     "count_sketch_hashes",
     "count_unsketch",
+    "econtrol_commit_",
+    "econtrol_message",
     "ef_topk_",
     "hash32",
     "hash32_stream",
     "pack_bits",
     "packed_length",
+    "sparse_mean_rows",
     "qsgd_decode_add",
     "qsgd_encode",
     "srht",
@@ -167,6 +170,65 @@ def ef_topk_(e: Tensor, g: Tensor, k: int, seed: int = 0) -> tuple[Tensor, Tenso
     values, indices = topk_magnitude(e, k)
     e.index_fill_(0, indices.long(), 0.0)
     return values, indices
+
+
+def econtrol_message(g: Tensor, h_local: Tensor, e: Tensor, eta: float, out: Tensor) -> Tensor:
+    """EControl's message ``u = (g − hᵢ) + (η·e)`` (Gao, Islamov, Stich, ICLR 2024), written into ``out``.
+
+    Three float32 roundings in this order: ``d = g − hᵢ``, ``t = η·e`` (``η`` rounded to float32,
+    as torch does for a float32 op), ``u = d + t`` (no fused multiply-add). ``out`` must not share
+    memory with the inputs.
+    """
+    t = torch.mul(e, eta)
+    return torch.sub(g, h_local, out=out).add_(t)
+
+
+def check_sorted_flat_indices(op: str, indices: Tensor, numel: int) -> None:
+    """Raise ``ValueError`` unless 1-D int64 ``indices`` are strictly increasing within ``[0, numel)``."""
+    if indices.dtype != torch.int64 or indices.dim() != 1:
+        raise ValueError(f"{op}: indices must be a 1-D int64 tensor, got {indices.dtype} {tuple(indices.shape)}")
+    if indices.numel() and (int(indices[0]) < 0 or int(indices[-1]) >= numel
+                            or not bool((indices[1:] > indices[:-1]).all())):
+        raise ValueError(f"{op}: indices must be strictly increasing within [0, {numel})")
+
+
+def econtrol_commit_(e: Tensor, h_local: Tensor, g: Tensor, indices: Tensor, values: Tensor) -> None:
+    """EControl's commit with a sparse ``Δ`` (flat ``indices``, ``values``): ``e ← e + ((g − hᵢ) − Δ)``; ``hᵢ += Δ``.
+
+    Steps: 1. ``d = g − hᵢ``; 2. ``d[indices] −= values``; 3. ``e += d``; 4. ``hᵢ[indices] += values``
+    (``hᵢ`` read by step 1 before step 4 moves it). Off the kept entries ``d − 0 = d``, so the bits
+    are those of the dense update with ``Δ`` zero there. ``e`` and ``hᵢ`` are contiguous.
+    """
+    check_sorted_flat_indices("econtrol_commit_", indices, e.numel())
+    d = torch.sub(g, h_local).view(-1)
+    d[indices] = d[indices] - values
+    e.add_(d.view_as(e))
+    h_flat = h_local.view(-1)
+    h_flat[indices] = h_flat[indices] + values
+
+
+def sparse_mean_rows(indices: Tensor, values: Tensor, divisor: int) -> tuple[Tensor, Tensor]:
+    """The mean of ``n`` sparse rows: ``(union, mean)`` without a dense tensor of the full length.
+
+    Row ``r`` holds rank ``r``'s entries (``indices[r]`` int32, strictly increasing, non-negative;
+    ``values[r]`` float32). ``union`` (int64) is every index any row holds, sorted; ``mean`` at an
+    index is ``((0 + v_first) + … + v_last) / divisor`` over the rows holding it, in row order: the
+    bits of the dense decode (zeros, every row added in rank order, then divided).
+    """
+    if indices.dim() != 2 or indices.dtype != torch.int32 or values.dtype != torch.float32:
+        raise ValueError(f"sparse_mean_rows: needs (n, k) int32 indices and float32 values, got "
+                         f"{indices.dtype} {tuple(indices.shape)} and {values.dtype} {tuple(values.shape)}")
+    if values.shape != indices.shape:
+        raise ValueError(f"sparse_mean_rows: indices {tuple(indices.shape)} and values {tuple(values.shape)} differ")
+    if divisor < 1:
+        raise ValueError(f"sparse_mean_rows: divisor must be positive, got {divisor}")
+    if indices.numel() and (bool((indices < 0).any()) or not bool((indices[:, 1:] > indices[:, :-1]).all())):
+        raise ValueError("sparse_mean_rows: every row must be strictly increasing and non-negative")
+    union, position = torch.unique(indices.long(), sorted=True, return_inverse=True)
+    total = torch.zeros(union.numel(), dtype=torch.float32, device=values.device)
+    for row, vals in zip(position, values):
+        total[row] = total[row] + vals
+    return union, total.div_(divisor)
 
 
 _INT32_MAX = 2**31 - 1

@@ -1,10 +1,10 @@
-"""Error feedback with a sparse local message (top-k) and with ``commit(out=)``: the same bits as the dense path.
+"""Error feedback with sparse messages (top-k) and with ``commit(out=)``: the same bits as the dense path.
 
-The exchange hands the built-in methods top-k's own message as a sparse COO tensor
-(``sparse_local``), so their buffers are updated at the ``k`` kept entries only, and
-writes the commit's result into DDP's bucket (``out=``, which may be the gradient
-itself); both must leave every buffer and every output bit-identical to the plain
-dense path, step after step.
+The exchange hands the built-in methods top-k's own message and the ranks' mean as
+:class:`SparseDelta` (``sparse_deltas``), so their buffers are updated at the kept
+entries only, and writes the commit's result into DDP's bucket (``out=``, which may be
+the gradient itself); both must leave every buffer and every output bit-identical to
+the plain dense path, step after step.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 from commlib.comm.exchange import ExchangeConfig, GradientExchange
 from commlib.comm.local import run_lockstep
-from commlib.compress import QSGD, TensorContext, TopK
+from commlib.compress import QSGD, SparseDelta, TensorContext, TopK
 from commlib.errors import WireFormatError
 from commlib.feedback import EF14, EF21, EF21SGDM, EControl, NoFeedback
 from commlib.feedback.base import ErrorFeedback
@@ -44,9 +44,37 @@ def test_topk_sparse_local_message_is_the_dense_one(shape) -> None:
     payload = topk.encode(x, _ctx())
     dense = topk.decode_local(payload, x.shape, _ctx())
     sparse = topk.decode_local(payload, x.shape, _ctx(), sparse=True)
-    assert sparse.is_sparse and sparse.is_coalesced() and sparse.shape == x.shape
-    assert sparse._nnz() == topk.count(x.numel())
+    assert isinstance(sparse, SparseDelta) and sparse.shape == x.shape
+    assert sparse.indices.numel() == topk.count(x.numel()) and bool((sparse.indices.diff() > 0).all())
     assert torch.equal(sparse.to_dense(), dense) and torch.equal(dense, topk.compress(x, _ctx()))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_topk_sparse_mean_has_the_bits_of_the_dense_decode(shape, n: int) -> None:
+    """Overlapping and disjoint kept sets, cancelling values: every bit of decode_all, zeros off the union."""
+    topk = TopK(density=0.3)
+    xs = [_grad(shape, 7 * r) for r in range(n)]
+    xs[-1].view(-1)[:3] = -xs[0].view(-1)[:3] * 100  # the same entries kept by two ranks, summing to zero
+    parts = torch.stack([topk.encode(x, _ctx(r, n)) for r, x in enumerate(xs)])
+    dense = topk.decode_all(parts, torch.Size(shape), _ctx())
+    sparse = topk.sparse_mean(parts, torch.Size(shape), _ctx())
+    assert isinstance(sparse, SparseDelta) and bool((sparse.indices.diff() > 0).all())
+    assert _same_bits(sparse.to_dense(), dense)
+    off_union = torch.ones(dense.numel(), dtype=torch.bool)
+    off_union[sparse.indices] = False
+    assert not bool(dense.view(-1)[off_union].any())
+
+
+def test_a_malformed_row_raises_in_the_sparse_mean() -> None:
+    topk = TopK(density=0.25)
+    parts = torch.stack([topk.encode(_grad((4, 4), r), _ctx()) for r in range(3)])
+    bad = parts.clone()
+    bad[1, -8:-4] = torch.tensor([3, 0, 0, 0], dtype=torch.uint8)  # index 3 before a later smaller index
+    with pytest.raises(WireFormatError, match="strictly increasing"):
+        topk.sparse_mean(bad, torch.Size((4, 4)), _ctx())
+    with pytest.raises(WireFormatError, match="expected uint8 payloads"):
+        topk.sparse_mean(parts[:, :-1], torch.Size((4, 4)), _ctx())
 
 
 def test_a_malformed_payload_raises_on_the_sparse_path_too() -> None:
@@ -59,37 +87,73 @@ def test_a_malformed_payload_raises_on_the_sparse_path_too() -> None:
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.name)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_commit_with_a_sparse_local_and_out_keeps_the_dense_bits(method: ErrorFeedback, shape) -> None:
-    """Three workers, five steps: (dense local, fresh output) vs (sparse local, output written into g)."""
+def test_commit_with_sparse_deltas_and_out_keeps_the_dense_bits(method: ErrorFeedback, shape) -> None:
+    """Three workers, five steps: (dense deltas, fresh output) vs (SparseDelta local and mean, output into g)."""
     n, topk = 3, TopK(density=0.3)
     dense_ws = [copy.deepcopy(method) for _ in range(n)]
     fast_ws = [copy.deepcopy(method) for _ in range(n)]
     for step in range(5):
         grads = [_grad(shape, 10 * step + r) for r in range(n)]
         payloads = [topk.encode(w.message("w", g), _ctx(r, n, step)) for r, (w, g) in enumerate(zip(dense_ws, grads))]
-        dm = torch.zeros(grads[0].numel())
-        for p in payloads:
-            topk.decode_add(p, dm, _ctx())
-        dm = dm.div_(n).view(shape)
+        fast_payloads = [topk.encode(w.message("w", g), _ctx(r, n, step)) for r, (w, g) in enumerate(zip(fast_ws,
+                                                                                                           grads))]
+        assert all(torch.equal(a, b) for a, b in zip(payloads, fast_payloads))
+        parts = torch.stack(payloads)
+        dm = topk.decode_all(parts, grads[0].shape, _ctx())
+        sparse_dm = topk.sparse_mean(parts, grads[0].shape, _ctx())
         for r in range(n):
             local = topk.decode_local(payloads[r], grads[r].shape, _ctx())
             ref = dense_ws[r].commit("w", grads[r], local, dm)
             g = grads[r].clone()
             sparse = topk.decode_local(payloads[r], g.shape, _ctx(), sparse=True)
-            out = fast_ws[r].commit("w", g, sparse, dm, out=g)
+            out = fast_ws[r].commit("w", g, sparse, sparse_dm, out=g)
             assert out.data_ptr() == g.data_ptr() and _same_bits(out, ref)
             for name in method.buffers:
-                assert torch.equal(fast_ws[r].get("w")[name], dense_ws[r].get("w")[name]), (step, r, name)
+                assert _same_bits(fast_ws[r].get("w")[name], dense_ws[r].get("w")[name]), (step, r, name)
 
 
-def test_a_sparse_local_is_refused_where_the_method_needs_a_dense_one() -> None:
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.name)
+def test_a_sparse_coo_delta_is_taken_as_the_same_sparse_delta(method: ErrorFeedback) -> None:
+    topk, shape = TopK(density=0.25), (3, 4, 5)
+    coo_w, flat_w = copy.deepcopy(method), copy.deepcopy(method)
+    for step in range(3):
+        g = _grad(shape, step)
+        payload = topk.encode(coo_w.message("w", g), _ctx(step=step))
+        flat_w.message("w", g)
+        dense = topk.decode_local(payload, g.shape, _ctx())
+        sparse = topk.decode_local(payload, g.shape, _ctx(), sparse=True)
+        a = coo_w.commit("w", g, dense.to_sparse(), (dense * 0.5).to_sparse())
+        b = flat_w.commit("w", g, sparse, SparseDelta(sparse.indices, sparse.values * 0.5, sparse.shape))
+        assert _same_bits(a, b)
+        for name in method.buffers:
+            assert _same_bits(coo_w.get("w")[name], flat_w.get("w")[name])
+
+
+def test_sparse_delta_checks_its_parts() -> None:
+    with pytest.raises(ValueError, match="int64"):
+        SparseDelta(torch.tensor([0, 1], dtype=torch.int32), torch.ones(2), torch.Size((4,)))
+    with pytest.raises(ValueError, match="one per index"):
+        SparseDelta(torch.tensor([0, 1]), torch.ones(3), torch.Size((4,)))
+    delta = SparseDelta(torch.tensor([0, 3]), torch.tensor([1.0, -2.0]), torch.Size((2, 2)))
+    with pytest.raises(ValueError, match="alpha must be 1 or -1"):
+        delta.add_to_(torch.zeros(2, 2), alpha=2.0)
+    with pytest.raises(ValueError, match="contiguous tensor of shape"):
+        delta.add_to_(torch.zeros(2, 2).t())
+    assert torch.equal(delta.add_to_(torch.ones(2, 2), alpha=-1.0), torch.tensor([[0.0, 1.0], [1.0, 3.0]]))
+
+
+def test_sparse_deltas_are_refused_where_the_method_needs_dense_ones() -> None:
     class DenseOnly(EF14):
-        sparse_local = False
+        sparse_deltas = False
 
     g = torch.ones(4)
     local = torch.sparse_coo_tensor(torch.tensor([[1]]), torch.tensor([1.0]), (4,), check_invariants=True)
-    with pytest.raises(ValueError, match="must be dense"):
+    with pytest.raises(ValueError, match="delta_local must be dense"):
         DenseOnly().commit("w", g, local, g)
+    with pytest.raises(ValueError, match="delta_mean must be dense"):
+        DenseOnly().commit("w", g, g, SparseDelta.from_coo(local))
+    with pytest.raises(ValueError, match="delta_mean has shape"):
+        EF14().commit("w", g, g, SparseDelta(torch.tensor([1]), torch.ones(1), torch.Size((5,))))
 
 
 def test_out_must_have_the_gradient_shape() -> None:
@@ -132,14 +196,15 @@ def test_handed_over_bucket_receives_the_result_with_the_same_bits(compressor, m
 
 
 class _EControlFresh(EControl):
-    """EControl as written before its work buffer: ``g − hᵢ`` a fresh tensor in message and commit."""
+    """EControl in plain torch ops on dense deltas: ``g − hᵢ`` a fresh tensor in message and commit."""
 
     scratch = False
 
     def _message(self, s, g):
-        return (g - s["h_local"]).add_(s["e"], alpha=self.eta)
+        return (g - s["h_local"]).add_(s["e"] * self.eta)
 
     def _commit(self, s, g, dl, dm):
+        dl, dm = (d.to_dense() if isinstance(d, SparseDelta) else d for d in (dl, dm))
         s["e"].add_((g - s["h_local"]).sub_(dl))
         s["h_local"].add_(dl)
         s["h"].add_(dm)
@@ -157,12 +222,13 @@ def test_econtrol_s_work_buffer_keeps_every_bit_and_survives_a_message_that_is_i
         for method in (ours, fresh):
             u = method.message("w", g)
             if local == "topk sparse":
-                dl = topk.compress(u, _ctx(step=step)).to_sparse()
+                dl = SparseDelta.from_coo(topk.compress(u, _ctx(step=step)).to_sparse())
             elif local == "qsgd dense":
                 dl = qsgd.compress(u, _ctx(step=step))
             else:
                 dl = u  # a compressor returning its input: the message buffer itself
-            outs.append(method.commit("w", g, dl, dl.to_dense() * 0.5))
+            dense = dl.to_dense() if isinstance(dl, SparseDelta) else dl
+            outs.append(method.commit("w", g, dl, dense * 0.5))
         assert _same_bits(outs[0], outs[1]), step
         for name in ("e", "h_local", "h"):
             assert _same_bits(ours.get("w")[name], fresh.get("w")[name]), (step, name)
