@@ -294,8 +294,10 @@ def sparse_mean_rows(indices: Tensor, values: Tensor, divisor: int) -> tuple[Ten
     non-negative) and ``values`` (float32) is rank ``r``'s top-k message. At
     each index any row holds, the mean is the rows' sum in row order starting
     from 0, divided by ``divisor``: the bits of zeros + every row added in rank
-    order + one division. The kernel sorts the ``n·k`` entries by a stable
-    radix sort (O(n·k), whatever ``n``) and sums each run of equal indices.
+    order + one division. The kernel walks the index range in chunks of 4096
+    that some row reaches: the rows add their entries into a cache-resident
+    accumulator in rank order, marking them in a bitmap, and the marked
+    entries leave in index order (O(n·k) plus a bitmap scan per chunk).
     """
     if _on_cpu_kernel(indices, values):
         return torch.ops.commlib.sparse_mean_rows(indices, values, int(divisor))

@@ -3,13 +3,14 @@
 //
 //   econtrol_message   out = (g - h) + (eta * e)                       one pass (EControl's u, Gao et al. 2024)
 //   econtrol_commit_   e += (g - h) - delta;  h += delta               one pass; delta sparse (sorted flat indices)
-//   sparse_mean_rows   the mean of n sparse rows, summed in row order  a stable LSD radix sort of the n*k
-//                      (their union, no dense d-sized tensor)           entries, then one segmented sum
+//   sparse_mean_rows   the mean of n sparse rows, summed in row order  chunk by chunk of the index range, in a
+//                      (their union, no dense d-sized tensor)           cache-resident accumulator and bitmap
 //
 // Every float operation is one rounding, in the order written (the build passes -ffp-contract=off), so the
 // results are those of the separate torch ops and do not depend on the thread count or the chunking.
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <tuple>
 #include <vector>
 
@@ -23,8 +24,9 @@ namespace commlib {
 namespace {
 
 constexpr int64_t kGrain = int64_t{1} << 16;  // elements per parallel chunk, at least
-constexpr int kRadixBits = 11;                 // digits of the radix sort: 2048 buckets
-constexpr int64_t kRadix = int64_t{1} << kRadixBits;
+constexpr int kChunkBits = 12;                 // sparse_mean_rows sums indices [c * 4096, (c + 1) * 4096) at a time
+constexpr int64_t kChunk = int64_t{1} << kChunkBits;
+constexpr int64_t kMeanParts = 64;             // ranges of chunks summed independently (in parallel)
 
 void check_dense(const char* op, const char* name, const at::Tensor& t, const at::Tensor& like) {
   TORCH_CHECK_VALUE(t.scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ", t.scalar_type());
@@ -121,10 +123,53 @@ void econtrol_commit_cpu(const at::Tensor& e, const at::Tensor& h, const at::Ten
   });
 }
 
-struct Entry {
-  int32_t index;
-  float value;
-};
+// The union and mean of the rows' entries with indices in chunks [chunk_begin, chunk_end), written to out_idx and
+// out_val in index order; returns how many. Chunk by chunk (only chunks some row has entries in): every row in rank order adds its
+// entries into a zeroed chunk-sized accumulator and marks them in a bitmap; the marked positions are then emitted in
+// order, divided, and cleared. So each union entry is (0 + v_first + ... + v_last) / divisor, summed in row order.
+int64_t mean_of_chunks(const int32_t* key, const float* val, int64_t rows, int64_t k, int64_t chunk_begin,
+                       int64_t chunk_end, float divisor, int64_t* out_idx, float* out_val) {
+  std::vector<int64_t> pos(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int32_t* row = key + r * k;
+    pos[r] = std::lower_bound(row, row + k, chunk_begin << kChunkBits) - row;
+  }
+  std::vector<float> acc(kChunk, 0.0f);
+  std::vector<uint64_t> marked(kChunk / 64, 0);
+  int64_t written = 0;
+  while (true) {
+    int64_t chunk = chunk_end;  // the next chunk holding an entry: the least pending index's
+    for (int64_t r = 0; r < rows; ++r) {
+      if (pos[r] < k) {
+        chunk = std::min<int64_t>(chunk, key[r * k + pos[r]] >> kChunkBits);
+      }
+    }
+    if (chunk >= chunk_end) {
+      return written;
+    }
+    const int64_t base = chunk << kChunkBits;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int32_t* row = key + r * k;
+      const float* row_val = val + r * k;
+      int64_t p = pos[r];
+      for (; p < k && row[p] < base + kChunk; ++p) {
+        const int64_t j = row[p] - base;
+        acc[j] = acc[j] + row_val[p];
+        marked[j >> 6] |= uint64_t{1} << (j & 63);
+      }
+      pos[r] = p;
+    }
+    for (int64_t w = 0; w < kChunk / 64; ++w) {
+      for (uint64_t word = marked[w]; word != 0; word &= word - 1) {
+        const int64_t j = w * 64 + __builtin_ctzll(word);
+        out_idx[written] = base + j;
+        out_val[written++] = acc[j] / divisor;
+        acc[j] = 0.0f;
+      }
+      marked[w] = 0;
+    }
+  }
+}
 
 std::tuple<at::Tensor, at::Tensor> sparse_mean_rows_cpu(const at::Tensor& indices, const at::Tensor& values,
                                                         int64_t divisor) {
@@ -137,68 +182,53 @@ std::tuple<at::Tensor, at::Tensor> sparse_mean_rows_cpu(const at::Tensor& indice
   TORCH_CHECK_VALUE(divisor >= 1, "sparse_mean_rows: divisor must be positive, got ", divisor);
   const int64_t rows = indices.size(0);
   const int64_t k = indices.size(1);
-  const int64_t m = rows * k;
   const int32_t* key = indices.data_ptr<int32_t>();
   const float* val = values.data_ptr<float>();
-  int32_t top = 0;  // the largest index, if the rows are sorted (checked below, before it is used)
-  for (int64_t r = 0; r < rows && k > 0; ++r) {
-    top = std::max(top, key[r * k + k - 1]);
-  }
-  int passes = 0;
-  while (passes * kRadixBits < 31 && (top >> (passes * kRadixBits)) > 0) {
-    ++passes;
-  }
-  // One read of the input: validate, copy into (index, value) entries, and count every pass's digits.
-  std::vector<Entry> entries(m);
-  std::vector<Entry> spare(m);
-  std::vector<int64_t> start(static_cast<size_t>(passes) * (kRadix + 1), 0);
+  int64_t top = -1;
   for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t t = r * k; t < (r + 1) * k; ++t) {
-      TORCH_CHECK_VALUE(key[t] >= 0, "sparse_mean_rows: negative index ", key[t], " in row ", r);
-      TORCH_CHECK_VALUE(t == r * k || key[t] > key[t - 1], "sparse_mean_rows: row ", r,
-                        " is not strictly increasing (", key[t - 1], " then ", key[t], ")");
-      entries[t] = Entry{key[t], val[t]};
-      for (int p = 0; p < passes; ++p) {
-        ++start[p * (kRadix + 1) + ((key[t] >> (p * kRadixBits)) & (kRadix - 1)) + 1];
-      }
+    const int32_t* row = key + r * k;
+    for (int64_t t = 0; t < k; ++t) {
+      TORCH_CHECK_VALUE(row[t] >= 0, "sparse_mean_rows: negative index ", row[t], " in row ", r);
+      TORCH_CHECK_VALUE(t == 0 || row[t] > row[t - 1], "sparse_mean_rows: row ", r,
+                        " is not strictly increasing (", row[t - 1], " then ", row[t], ")");
+    }
+    if (k > 0) {
+      top = std::max<int64_t>(top, row[k - 1]);
     }
   }
-  // Stable LSD radix sort by index: among equal indices the entries keep their row (rank) order.
-  for (int p = 0; p < passes; ++p) {
-    int64_t* slot = start.data() + p * (kRadix + 1);
-    for (int64_t b = 0; b < kRadix; ++b) {
-      slot[b + 1] += slot[b];
+  // Fixed parts of the chunk range (not the thread count's): each part's output is the same on any thread. A part
+  // writes at the offset its entries would have without duplicates, then the parts are moved together: no
+  // intermediate buffers (on CPU, fresh memory costs its page faults, often more than the sums).
+  const int64_t chunks = top < 0 ? 0 : (top >> kChunkBits) + 1;
+  const int64_t parts = std::min<int64_t>(chunks, kMeanParts);
+  std::vector<int64_t> offset(parts + 1, 0);
+  for (int64_t q = 0; q < parts; ++q) {
+    const int64_t end_index = (chunks * (q + 1) / parts) << kChunkBits;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int32_t* row = key + r * k;
+      offset[q + 1] += std::lower_bound(row, row + k, end_index) - row;  // entries below the part's end
     }
-    const int shift = p * kRadixBits;
-    for (int64_t t = 0; t < m; ++t) {
-      spare[slot[(entries[t].index >> shift) & (kRadix - 1)]++] = entries[t];
-    }
-    entries.swap(spare);
   }
-  int64_t unique = 0;
-  for (int64_t t = 0; t < m; ++t) {
-    unique += (t == 0 || entries[t].index != entries[t - 1].index);
-  }
-  at::Tensor out_idx = at::empty({unique}, indices.options().dtype(at::kLong));
-  at::Tensor out_val = at::empty({unique}, values.options());
+  at::Tensor out_idx = at::empty({rows * k}, indices.options().dtype(at::kLong));
+  at::Tensor out_val = at::empty({rows * k}, values.options());
   int64_t* oi = out_idx.data_ptr<int64_t>();
   float* ov = out_val.data_ptr<float>();
+  std::vector<int64_t> written(parts, 0);
   const float scale = static_cast<float>(divisor);
-  int64_t u = -1;
-  float acc = 0.0f;
-  for (int64_t t = 0; t < m; ++t) {
-    if (t == 0 || entries[t].index != entries[t - 1].index) {
-      if (u >= 0) {
-        ov[u] = acc / scale;
-      }
-      oi[++u] = entries[t].index;
-      acc = 0.0f;  // as the dense decode: zeros, then every row added in rank order
+  at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t q = begin; q < end; ++q) {
+      written[q] = mean_of_chunks(key, val, rows, k, chunks * q / parts, chunks * (q + 1) / parts, scale,
+                                  oi + offset[q], ov + offset[q]);
     }
-    acc = acc + entries[t].value;
+  });
+  int64_t unique = 0;
+  for (int64_t q = 0; q < parts; ++q) {  // left moves: every destination lies at or before its source
+    std::memmove(oi + unique, oi + offset[q], written[q] * sizeof(int64_t));
+    std::memmove(ov + unique, ov + offset[q], written[q] * sizeof(float));
+    unique += written[q];
   }
-  if (u >= 0) {
-    ov[u] = acc / scale;
-  }
+  out_idx.resize_({unique});
+  out_val.resize_({unique});
   return {out_idx, out_val};
 }
 
