@@ -13,7 +13,6 @@ from .sparse_delta import SparseDelta
 from .topk import TopK
 
 __all__ = [
-    "SparseDelta",
     "BF16",
     "FP16",
     "QSGD",
@@ -27,6 +26,7 @@ __all__ = [
     "Sign",
     "Sketch",
     "SketchedSGD",
+    "SparseDelta",
     "TensorContext",
     "TopK",
     "WireBytes",
