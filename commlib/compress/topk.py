@@ -24,6 +24,8 @@ from .sparse_delta import SparseDelta
 
 __all__ = ["TopK"]
 
+_INT32_MAX = 2**31 - 1
+
 
 @dataclass
 class TopK(GatherCompressor):
@@ -95,11 +97,10 @@ class TopK(GatherCompressor):
     def sparse_mean(self, parts: Tensor, shape: torch.Size, ctx: TensorContext) -> SparseDelta:
         """The mean of every rank's payload (rows of ``parts``) as a :class:`SparseDelta`; each row validated."""
         self.check_parts(parts, shape)
-        for row in parts:
-            self._read(row, shape.numel(), ctx)
         k = parts.shape[1] // 8
         values = parts[:, : 4 * k].contiguous().view(torch.float32)
         indices = parts[:, 4 * k :].contiguous().view(torch.int32)
+        _check_rows(indices, values, shape.numel(), ctx)
         union, mean = ops.sparse_mean_rows(indices, values, parts.shape[0])
         return SparseDelta(union, mean, shape)
 
@@ -120,9 +121,17 @@ class TopK(GatherCompressor):
         """Validate one payload for a tensor of ``d`` elements: its ``(float32 values, int64 flat indices)``."""
         k = payload.numel() // 8
         values = payload[: 4 * k].view(torch.float32)
-        idx = payload[4 * k :].view(torch.int32).to(torch.int64)
-        if k and (int(idx[0]) < 0 or int(idx[-1]) >= d or (k > 1 and not bool((idx[1:] > idx[:-1]).all()))):
-            raise WireFormatError(f"topk: indices must be strictly increasing within [0, {d}) ({ctx.key})")
-        if not bool(torch.isfinite(values).all()):
-            raise WireFormatError(f"topk: non-finite values received ({ctx.key})")
-        return values, idx
+        idx = payload[4 * k :].view(torch.int32)
+        _check_rows(idx.unsqueeze(0), values.unsqueeze(0), d, ctx)
+        return values, idx.to(torch.int64)
+
+
+def _check_rows(indices: Tensor, values: Tensor, d: int, ctx: TensorContext) -> None:
+    """Raise :class:`WireFormatError` unless every row of ``indices`` (``(n, k)`` int32) is strictly increasing
+    within ``[0, d)`` and every one of ``values`` is finite: all rows at once, a few passes over ``n·k``."""
+    k = indices.shape[1]
+    if k and (bool((indices[:, 0] < 0).any()) or (d <= _INT32_MAX and bool((indices[:, -1] >= d).any()))
+              or (k > 1 and not bool((indices[:, 1:] > indices[:, :-1]).all()))):
+        raise WireFormatError(f"topk: indices must be strictly increasing within [0, {d}) ({ctx.key})")
+    if not ops.all_finite(values):
+        raise WireFormatError(f"topk: non-finite values received ({ctx.key})")
