@@ -29,7 +29,7 @@ TORCH_LIBRARY(commlib, m) {
   m.def("econtrol_commit_(Tensor(a!) e, Tensor(b!) h_local, Tensor g, Tensor indices, Tensor values) -> ()",
         {at::Tag::pt2_compliant_tag});
   // The mean of n sparse rows (rank r's entries at row r of indices (n, k) int32, each row strictly increasing and
-  // non-negative, and values (n, k) float32): (union int64 indices, sorted; float32 (sum in row order from 0) / divisor).
+  // non-negative, and values (n, k) float32): (union int64 indices, sorted; float32 (row-order sum from 0) / divisor).
   m.def("sparse_mean_rows(Tensor indices, Tensor values, int divisor) -> (Tensor, Tensor)",
         {at::Tag::pt2_compliant_tag});
   // x: 1-D contiguous finite float32. Returns (float32 scale per bucket, packed codes); see qsgd.h.

@@ -124,9 +124,9 @@ void econtrol_commit_cpu(const at::Tensor& e, const at::Tensor& h, const at::Ten
 }
 
 // The union and mean of the rows' entries with indices in chunks [chunk_begin, chunk_end), written to out_idx and
-// out_val in index order; returns how many. Chunk by chunk (only chunks some row has entries in): every row in rank order adds its
-// entries into a zeroed chunk-sized accumulator and marks them in a bitmap; the marked positions are then emitted in
-// order, divided, and cleared. So each union entry is (0 + v_first + ... + v_last) / divisor, summed in row order.
+// out_val in index order; returns how many. Chunk by chunk (only chunks some row has entries in): every row in rank
+// order adds its entries into a zeroed chunk-sized accumulator and marks them in a bitmap; the marked positions are
+// then emitted in order, divided, and cleared. So each union entry is (0 + v_first + ... + v_last) / divisor.
 int64_t mean_of_chunks(const int32_t* key, const float* val, int64_t rows, int64_t k, int64_t chunk_begin,
                        int64_t chunk_end, float divisor, int64_t* out_idx, float* out_val) {
   std::vector<int64_t> pos(rows);
