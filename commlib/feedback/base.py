@@ -63,6 +63,14 @@ def _shares_memory(a: Tensor, b: Tensor) -> bool:
     return a_lo < b_lo + b.numel() * b.element_size() and b_lo < a_lo + a.numel() * a.element_size()
 
 
+def _version(t: Tensor) -> int | None:
+    """``t``'s version counter (bumped by every in-place write), or None where torch keeps none (inference mode)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
+
+
 def is_finite(g: Tensor) -> bool:
     """True when every entry of ``g`` is finite. When False, skip :meth:`ErrorFeedback.commit` for this step."""
     return ops.all_finite(g)
@@ -160,6 +168,7 @@ class ErrorFeedback(ABC):
         self.dtype = dtype
         self._state: dict[str, dict[str, Tensor]] = {}
         self._scratch: dict[str, Tensor] = {}
+        self._pending: dict[str, tuple[Tensor, int, Tensor, int]] = {}  # key: (g, its version, u, its version)
 
     # ----- configuration -------------------------------------------------------------------------------
     def config(self) -> dict[str, object]:
@@ -195,9 +204,11 @@ class ErrorFeedback(ABC):
         if key is None:
             self._state.clear()
             self._scratch.clear()
+            self._pending.clear()
         else:
             self._state.pop(key, None)
             self._scratch.pop(key, None)
+            self._pending.pop(key, None)
 
     def _convert(self, t: Tensor, what: str, shape: torch.Size | None = None) -> Tensor:
         if not isinstance(t, Tensor) or not t.dtype.is_floating_point:
@@ -233,12 +244,17 @@ class ErrorFeedback(ABC):
         """The tensor ``u`` this worker compresses for ``key`` (in ``dtype``). Does not change any state.
 
         A method with :attr:`scratch` returns the key's work buffer: compress it before the key's
-        next ``message`` or ``commit``.
+        next ``message`` or ``commit``. If neither it nor ``g`` is written before the commit of the
+        same ``g`` (torch's version counters tell), the commit may keep it as state (EF14: ``e' = u − Δ``).
 
         ``ctx`` is accepted so runtimes can pass it uniformly; the methods here do not need it.
         """
         g = self._convert(g, "g")
-        return self._message(self._with_scratch(key, self._buffers_for(key, g), g), g)
+        u = self._message(self._with_scratch(key, self._buffers_for(key, g), g), g)
+        versions = (_version(g), _version(u))
+        if self.scratch and None not in versions:
+            self._pending[key] = (g, versions[0], u, versions[1])
+        return u
 
     def commit(self, key: str, g: Tensor, delta_local: Delta, delta_mean: Delta,
                out: Tensor | None = None) -> Tensor:
@@ -260,10 +276,19 @@ class ErrorFeedback(ABC):
                              f"got {tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}")
         state = self._buffers_for(key, g)
         work = self._with_scratch(key, state, g)
+        pending = self._pending.pop(key, None)
         if "scratch" in work:  # a C(u) that is u itself (the message, in the scratch) must survive its reuse
             dl, dm = (t.clone() if isinstance(t, Tensor) and _shares_memory(t, work["scratch"]) else t
                       for t in (dl, dm))
+            if pending is not None and pending[0] is g and pending[2] is work["scratch"] \
+                    and (_version(g), _version(work["scratch"])) == (pending[1], pending[3]):
+                work["message"] = work["scratch"]  # message(key, g) itself, untouched since
         result = self._commit(work, g, dl, dm)
+        for b in self.buffers:  # a buffer replaced by the intact message: the old one is the next work buffer
+            if work[b] is not state[b]:
+                if work[b] is not work.get("message"):
+                    raise AssertionError(f"{self.name}: _commit may replace a buffer by the message only")
+                self._scratch[key], state[b] = state[b], work[b]
         if self.buffers:
             self._state[key] = state
         if isinstance(result, SparseDelta):  # the mean itself (EF14, no feedback)
@@ -291,6 +316,7 @@ class ErrorFeedback(ABC):
         Sets ``hᵢ = g_local``, ``h = g_mean`` (and ``vᵢ = g_local`` for EF21-SGDM),
         errors to zero. EF14 and no feedback have no estimator: their state is reset to zeros.
         """
+        self._pending.pop(key, None)
         g = self._convert(g_local, "g_local")
         gm = self._convert(g_mean, "g_mean", g.shape)
         if not self.buffers:
@@ -308,7 +334,12 @@ class ErrorFeedback(ABC):
 
     @abstractmethod
     def _commit(self, s: dict[str, Tensor], g: Tensor, dl: Delta, dm: Delta) -> Tensor | SparseDelta:
-        """Update ``s``; return the output (it may be a buffer of ``s`` or ``dm``: :meth:`commit` copies it)."""
+        """Update ``s``; return the output (it may be a buffer of ``s`` or ``dm``: :meth:`commit` copies it).
+
+        ``s["message"]``, when present, is ``message(key, g)`` itself, untouched: the method may
+        update it in place and put it in ``s`` as one of its buffers (the replaced buffer becomes
+        the next work buffer).
+        """
 
     # ----- checkpointing -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, object]:
@@ -336,3 +367,4 @@ class ErrorFeedback(ABC):
                 raise ValueError(f"{self.name}: key {key!r} needs tensors of one shape, got {bufs!r}")
             new[str(key)] = {b: self._convert(bufs[b], f"{key}.{b}").clone() for b in self.buffers}
         self._state = new
+        self._pending.clear()

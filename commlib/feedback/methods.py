@@ -63,7 +63,11 @@ class EF14(ErrorFeedback):
         return torch.add(s["e"], g, out=s["scratch"])
 
     def _commit(self, s: dict[str, Tensor], g: Tensor, dl: Delta, dm: Delta) -> Tensor | SparseDelta:
-        add_delta_(s["e"].add_(g), dl, alpha=-1.0)
+        u = s.get("message")
+        if u is not None:  # u = e + g, intact: e' = u − Δ in u's own buffer, no pass over e and g
+            s["e"] = add_delta_(u, dl, alpha=-1.0)
+        else:
+            add_delta_(s["e"].add_(g), dl, alpha=-1.0)
         return dm
 
 

@@ -48,7 +48,9 @@ def test_straggler_is_never_waited_for_and_decodes_are_exact(ranks) -> None:
     assert master["late"][3] >= 1 and master["faulty"].sum() == 0
     worker3 = ranks[4]["exact"]
     assert worker3["skipped"], "the late worker should skip stale rounds instead of computing them"
-    assert len(worker3["computed"]) < rounds / 2 and worker3["slept"] >= SLEEP * len(worker3["computed"]) * 0.9
+    # The injector sleeps what is left of SLEEP after the round's own compute (0.17 s once on a loaded machine):
+    # most of SLEEP per computed round, whatever the load.
+    assert len(worker3["computed"]) < rounds / 2 and worker3["slept"] >= SLEEP * len(worker3["computed"]) * 0.5
     check_replay(ranks, "exact")
 
 
