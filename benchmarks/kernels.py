@@ -32,7 +32,9 @@ a warm-up). Every kernel's output is checked against its reference first.
   kept: ``s ≈ d/20``) forward and transpose, against ``memcpy``; beside them
   the scatter floor of a one-row sketch: ``row.index_add_`` of ``d``
   precomputed (bucket, value) pairs, no hashing (random buckets, the same
-  access pattern);
+  access pattern). Unsketch and transpose run twice: into a new tensor (as
+  ``x.clone()``, ``fraction_of_fresh_memcpy``, they pay its page faults) and
+  into a preallocated one (``out=``; × vs the new-tensor run);
 - each kernel once more through its pure-torch reference (``--reference``, on
   by default for ``d ≤ 25M``).
 
@@ -252,12 +254,18 @@ def sketch_cases(d: int, with_reference: bool, seed: int) -> list[Case]:
     scatter_buckets = torch.randint(0, d // 100, (d,), generator=torch.Generator().manual_seed(seed + 1))
     cases.append(Case("sketch", "scatter floor: index_add_ (1 row)",
                       lambda: scatter_row.index_add_(0, scatter_buckets, x), fbytes, "memcpy (float32)"))
+    fresh = "fresh memcpy (float32)"
+    cases.append(Case("copy", fresh, lambda: x.clone(), fbytes, "memcpy (float32)"))
     for rows in (1, 5):
         table = torch.zeros(rows, d // 100)
         cases.append(Case("sketch", f"count sketch add ({rows} rows)",
                           lambda t=table: ops.count_sketch_add_(t, x, 3, 0), fbytes, "memcpy (float32)"))
         cases.append(Case("sketch", f"count unsketch ({rows} rows)",
-                          lambda t=table: ops.count_unsketch(t, 3, 0, d), fbytes, "memcpy (float32)"))
+                          lambda t=table: ops.count_unsketch(t, 3, 0, d), fbytes, "memcpy (float32)",
+                          fresh_memcpy=fresh))
+        cases.append(Case("sketch", f"count unsketch into out ({rows} rows)",
+                          lambda t=table: ops.count_unsketch(t, 3, 0, d, out=y), fbytes,
+                          f"count unsketch ({rows} rows)"))
     block = 4096
     rows = torch.randperm(block, generator=torch.Generator().manual_seed(seed))[: block // 20]
     coeffs = ops.srht(x, block, rows, 3)
@@ -266,7 +274,9 @@ def sketch_cases(d: int, with_reference: bool, seed: int) -> list[Case]:
         Case("sketch", "srht (block 4096, s=d/20)", lambda: ops.srht(x, block, rows, 3), fbytes,
              "memcpy (float32)"),
         Case("sketch", "srht transpose", lambda: ops.srht_transpose(coeffs, block, rows, d, 3), fbytes,
-             "memcpy (float32)"),
+             "memcpy (float32)", fresh_memcpy=fresh),
+        Case("sketch", "srht transpose into out", lambda: ops.srht_transpose(coeffs, block, rows, d, 3, out=y),
+             fbytes, "srht transpose"),
     ]
     if with_reference:
         ref_table = torch.zeros(1, d // 100)

@@ -42,9 +42,15 @@ TORCH_LIBRARY(commlib, m) {
   m.def("count_sketch_add_(Tensor(a!) table, Tensor x, int seed, int offset) -> ()", {at::Tag::pt2_compliant_tag});
   // Median-of-rows estimates of the elements at global indices offset + [0, length).
   m.def("count_unsketch(Tensor table, int seed, int offset, int length) -> Tensor", {at::Tag::pt2_compliant_tag});
+  // The same estimates for length = out.numel(), written into out (contiguous 1-D float32, no memory shared with
+  // table).
+  m.def("count_unsketch_out(Tensor table, int seed, int offset, Tensor(a!) out) -> ()", {at::Tag::pt2_compliant_tag});
   // Blockwise SRHT of 1-D float32 x: (ceil(numel / block), rows.numel()) coefficients.
   m.def("srht(Tensor x, int block, Tensor rows, int seed) -> Tensor", {at::Tag::pt2_compliant_tag});
   // Its transpose: length elements from (ceil(length / block), rows.numel()) coefficients.
   m.def("srht_transpose(Tensor y, int block, Tensor rows, int length, int seed) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  // The same for length = out.numel(), written into out (contiguous 1-D float32, no memory shared with y).
+  m.def("srht_transpose_out(Tensor y, int block, Tensor rows, int seed, Tensor(a!) out) -> ()",
         {at::Tag::pt2_compliant_tag});
 }

@@ -31,6 +31,7 @@
 
 #include <cstdint>
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
@@ -109,18 +110,33 @@ inline void check_srht_args(const char* op, int64_t block, const at::Tensor& row
                     " row indices, got ", rows.numel());
 }
 
+// out: the result's destination, a contiguous 1-D float32 tensor on the input's device sharing no memory with it.
+inline void check_out_vector(const char* op, const at::Tensor& out, const at::Tensor& input) {
+  TORCH_CHECK_VALUE(out.scalar_type() == at::kFloat && out.dim() == 1 && out.is_contiguous(), op,
+                    ": out must be a contiguous 1-D float32 tensor, got ", out.scalar_type(), " of shape ", out.sizes());
+  TORCH_CHECK_VALUE(out.device() == input.device(), op, ": out must be on ", input.device(), ", got ", out.device());
+  TORCH_CHECK_VALUE(at::get_overlap_status(out, input) == at::MemOverlapStatus::No, op,
+                    ": out must not share memory with the input");
+}
+
 void count_sketch_add_cpu(const at::Tensor& table, const at::Tensor& x, int64_t seed, int64_t offset);
 at::Tensor count_unsketch_cpu(const at::Tensor& table, int64_t seed, int64_t offset, int64_t length);
+void count_unsketch_out_cpu(const at::Tensor& table, int64_t seed, int64_t offset, const at::Tensor& out);
 at::Tensor srht_cpu(const at::Tensor& x, int64_t block, const at::Tensor& rows, int64_t seed);
 at::Tensor srht_transpose_cpu(const at::Tensor& y, int64_t block, const at::Tensor& rows, int64_t length,
                               int64_t seed);
+void srht_transpose_out_cpu(const at::Tensor& y, int64_t block, const at::Tensor& rows, int64_t seed,
+                            const at::Tensor& out);
 
 #ifdef WITH_CUDA
 void count_sketch_add_cuda(const at::Tensor& table, const at::Tensor& x, int64_t seed, int64_t offset);
 at::Tensor count_unsketch_cuda(const at::Tensor& table, int64_t seed, int64_t offset, int64_t length);
+void count_unsketch_out_cuda(const at::Tensor& table, int64_t seed, int64_t offset, const at::Tensor& out);
 at::Tensor srht_cuda(const at::Tensor& x, int64_t block, const at::Tensor& rows, int64_t seed);
 at::Tensor srht_transpose_cuda(const at::Tensor& y, int64_t block, const at::Tensor& rows, int64_t length,
                                int64_t seed);
+void srht_transpose_out_cuda(const at::Tensor& y, int64_t block, const at::Tensor& rows, int64_t seed,
+                             const at::Tensor& out);
 #endif
 
 }  // namespace commlib

@@ -272,20 +272,28 @@ class LinearCompressor(Compressor):
         """``x`` (float32) → float32 payload of a size fixed by (shape, config)."""
 
     @abstractmethod
-    def decode(self, total: Tensor, shape: torch.Size, ctx: TensorContext) -> Tensor:
-        """The summed payload → estimate of the sum of the inputs (float32, ``shape``)."""
+    def decode(self, total: Tensor, shape: torch.Size, ctx: TensorContext, out: Tensor | None = None) -> Tensor:
+        """The summed payload → estimate of the sum of the inputs (float32, ``shape``).
 
-    def _reduce(self, payload: Tensor, shape: torch.Size, ctx: TensorContext) -> Protocol[Tensor]:
-        """Ordered all-reduce of ``payload``; validate and decode the sum into the mean (``shape``)."""
+        ``out``: a flat contiguous float32 tensor of ``shape.numel()`` elements to
+        write the estimate into (returned as a view of ``shape``), else a new tensor.
+        The payload is validated before ``out`` is touched.
+        """
+
+    def _reduce(self, payload: Tensor, shape: torch.Size, ctx: TensorContext,
+                out: Tensor | None = None) -> Protocol[Tensor]:
+        """Ordered all-reduce of ``payload``; validate and decode the sum into the mean (``shape``, into ``out``)."""
         size = payload.shape
         total = yield AllReduce(payload)
         if total.shape != size:
             raise WireFormatError(f"{self.name}: expected a sum of shape {tuple(size)}, got {tuple(total.shape)}")
         check_finite(total, self.name)
-        return self.decode(total, shape, ctx).div_(ctx.world_size)
+        return self.decode(total, shape, ctx, out=out).div_(ctx.world_size)
 
     def exchange(self, x: Tensor, ctx: TensorContext) -> Protocol[Tensor]:
-        return (yield from self._reduce(self.encode(x, ctx), x.shape, ctx))
+        payload = self.encode(x, ctx)  # x is read for the last time: a handed-over x receives the mean
+        into = handed_over(x, ctx)
+        return (yield from self._reduce(payload, x.shape, ctx, out=None if into is None else into.view(-1)))
 
     def exchange_local(self, x: Tensor, ctx: TensorContext, sparse: bool = False) -> Protocol[tuple[Tensor, Tensor]]:
         payload = self.encode(x, ctx)

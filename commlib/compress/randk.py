@@ -91,7 +91,7 @@ class RandK(LinearCompressor):
         scale = self._scale(flat.numel())
         return values.mul_(scale) if scale != 1.0 else values
 
-    def decode(self, total: Tensor, shape: torch.Size, ctx: TensorContext) -> Tensor:
+    def decode(self, total: Tensor, shape: torch.Size, ctx: TensorContext, out: Tensor | None = None) -> Tensor:
         numel = shape.numel()
         k = self.count(numel)
         if total.dtype != torch.float32 or total.shape != (k,):
@@ -99,7 +99,7 @@ class RandK(LinearCompressor):
                 f"randk: expected a float32 sum of {k} values, got {total.dtype} of shape {tuple(total.shape)} "
                 f"({ctx.key})"
             )
-        out = torch.zeros(numel, dtype=torch.float32, device=total.device)
+        out = torch.zeros(numel, dtype=torch.float32, device=total.device) if out is None else out.zero_()
         out[self.indices(numel, ctx).to(total.device)] = total
         return out.view(shape)
 

@@ -348,11 +348,23 @@ def count_sketch_add_(table: Tensor, x: Tensor, seed: int, offset: int = 0) -> N
     _reference.count_sketch_add_(table, x, seed, offset)
 
 
-def count_unsketch(table: Tensor, seed: int, offset: int, length: int) -> Tensor:
-    """Median-of-rows estimates of the elements at global indices ``offset + [0, length)`` of a count sketch."""
-    if _has_kernel(table, torch.float32):
+def count_unsketch(table: Tensor, seed: int, offset: int, length: int, out: Tensor | None = None) -> Tensor:
+    """Median-of-rows estimates of the elements at global indices ``offset + [0, length)`` of a count sketch.
+
+    ``out``: where to write them (returned): a contiguous 1-D float32 tensor of
+    ``length`` elements on the table's device, sharing no memory with it.
+    Reusing one spares a fresh allocation, whose first touch can cost more
+    than the estimates themselves.
+    """
+    if out is not None:
+        _check_out("count_unsketch", out, length, table)
+    if not _has_kernel(table, torch.float32):
+        estimates = _reference.count_unsketch(table, seed, offset, length)
+        return estimates if out is None else out.copy_(estimates)
+    if out is None:
         return torch.ops.commlib.count_unsketch(table.contiguous(), _as_int64(seed), offset, length)
-    return _reference.count_unsketch(table, seed, offset, length)
+    torch.ops.commlib.count_unsketch_out(table.contiguous(), _as_int64(seed), offset, out)
+    return out
 
 
 def srht(x: Tensor, block: int, rows: Tensor, seed: int) -> Tensor:
@@ -362,11 +374,31 @@ def srht(x: Tensor, block: int, rows: Tensor, seed: int) -> Tensor:
     return _reference.srht(x, block, rows, seed)
 
 
-def srht_transpose(y: Tensor, block: int, rows: Tensor, length: int, seed: int) -> Tensor:
-    """Transpose of :func:`srht`: ``length`` elements from ``(ceil(length/block), m)`` coefficients."""
-    if _has_kernel(y, torch.float32) and isinstance(rows, Tensor) and rows.device == y.device:
+def srht_transpose(y: Tensor, block: int, rows: Tensor, length: int, seed: int, out: Tensor | None = None) -> Tensor:
+    """Transpose of :func:`srht`: ``length`` elements from ``(ceil(length/block), m)`` coefficients.
+
+    ``out``: where to write them (returned), as in :func:`count_unsketch`.
+    """
+    if out is not None:
+        _check_out("srht_transpose", out, length, y)
+    if not (_has_kernel(y, torch.float32) and isinstance(rows, Tensor) and rows.device == y.device):
+        result = _reference.srht_transpose(y, block, rows, length, seed)
+        return result if out is None else out.copy_(result)
+    if out is None:
         return torch.ops.commlib.srht_transpose(y.contiguous(), block, rows, length, _as_int64(seed))
-    return _reference.srht_transpose(y, block, rows, length, seed)
+    torch.ops.commlib.srht_transpose_out(y.contiguous(), block, rows, _as_int64(seed), out)
+    return out
+
+
+def _check_out(op: str, out: Tensor, length: int, source: Tensor) -> None:
+    """``ValueError`` unless ``out`` can receive ``length`` float32 results computed from ``source``."""
+    if not isinstance(out, Tensor) or out.dtype != torch.float32 or out.dim() != 1 or not out.is_contiguous():
+        raise ValueError(f"{op}: out must be a contiguous 1-D float32 tensor, got "
+                         f"{getattr(out, 'dtype', type(out).__name__)} of shape {tuple(getattr(out, 'shape', ()))}")
+    if out.numel() != length:
+        raise ValueError(f"{op}: out must hold length = {length} elements, got {out.numel()}")
+    if not isinstance(source, Tensor) or out.device != source.device:
+        raise ValueError(f"{op}: out must be on the input's device {getattr(source, 'device', None)}, got {out.device}")
 
 
 def _as_int64(seed: int) -> int:

@@ -144,6 +144,12 @@ def _count_unsketch_fake(table: Tensor, seed: int, offset: int, length: int) -> 
     return table.new_empty((length,))
 
 
+@_register_fake("commlib::count_unsketch_out")
+def _count_unsketch_out_fake(table: Tensor, seed: int, offset: int, out: Tensor) -> None:
+    torch._check_value(table.dim() == 2, lambda: f"count_unsketch_out: table must be 2-D, got {tuple(table.shape)}")
+    _check_vector("count_unsketch_out", out, torch.float32)
+
+
 @_register_fake("commlib::srht")
 def _srht_fake(x: Tensor, block: int, rows: Tensor, seed: int) -> Tensor:
     _check_vector("srht", x, torch.float32)
@@ -154,3 +160,9 @@ def _srht_fake(x: Tensor, block: int, rows: Tensor, seed: int) -> Tensor:
 def _srht_transpose_fake(y: Tensor, block: int, rows: Tensor, length: int, seed: int) -> Tensor:
     torch._check_value(y.dim() == 2, lambda: f"srht_transpose: y must be 2-D, got {tuple(y.shape)}")
     return y.new_empty((length,))
+
+
+@_register_fake("commlib::srht_transpose_out")
+def _srht_transpose_out_fake(y: Tensor, block: int, rows: Tensor, seed: int, out: Tensor) -> None:
+    torch._check_value(y.dim() == 2, lambda: f"srht_transpose_out: y must be 2-D, got {tuple(y.shape)}")
+    _check_vector("srht_transpose_out", out, torch.float32)

@@ -118,8 +118,8 @@ class DPSketch(LinearCompressor):
             y.add_(self.noise(y.numel(), ctx).to(y.device))
         return y
 
-    def decode(self, total: Tensor, shape: torch.Size, ctx: TensorContext) -> Tensor:
-        out = self.sketch.decode(total, shape, ctx)
+    def decode(self, total: Tensor, shape: torch.Size, ctx: TensorContext, out: Tensor | None = None) -> Tensor:
+        out = self.sketch.decode(total, shape, ctx, out=out)
         if self.rescale:
             out.mul_(self.operator(shape.numel(), ctx).unbiased_scale)
         return out

@@ -409,16 +409,20 @@ void count_sketch_add_cpu(const at::Tensor& table, const at::Tensor& x, int64_t 
   });
 }
 
-at::Tensor count_unsketch_cpu(const at::Tensor& table, int64_t seed, int64_t offset, int64_t length) {
-  const char* op = "count_unsketch";
+namespace {
+
+// count_unsketch into out (its length), for both ops; op names the caller in errors.
+void count_unsketch_into(const char* op, const at::Tensor& table, int64_t seed, int64_t offset,
+                         const at::Tensor& out) {
   check_sketch_table(op, table);
+  check_out_vector(op, out, table);
+  const int64_t length = out.numel();
   check_sketch_range(op, offset, length);
   const int64_t rows = table.size(0);
   const uint64_t cols = static_cast<uint64_t>(table.size(1));
   const float* cells = table.data_ptr<float>();
   TORCH_CHECK_VALUE(std::all_of(cells, cells + table.numel(), [](float v) { return std::isfinite(v); }), op,
                     ": the table holds NaN or Inf");
-  at::Tensor out = at::empty({length}, table.options());
   const float* src = table.data_ptr<float>();
   float* dst = out.data_ptr<float>();
   const int64_t chunks = (length + kHashChunk - 1) / kHashChunk;
@@ -448,6 +452,18 @@ at::Tensor count_unsketch_cpu(const at::Tensor& table, int64_t seed, int64_t off
       std::copy(median, median + len, dst + begin);
     }
   });
+}
+
+}  // namespace
+
+void count_unsketch_out_cpu(const at::Tensor& table, int64_t seed, int64_t offset, const at::Tensor& out) {
+  count_unsketch_into("count_unsketch_out", table, seed, offset, out);
+}
+
+at::Tensor count_unsketch_cpu(const at::Tensor& table, int64_t seed, int64_t offset, int64_t length) {
+  check_sketch_range("count_unsketch", offset, length);
+  at::Tensor out = at::empty({length}, table.options());
+  count_unsketch_into("count_unsketch", table, seed, offset, out);
   return out;
 }
 
@@ -496,19 +512,21 @@ at::Tensor srht_cpu(const at::Tensor& x, int64_t block, const at::Tensor& rows, 
   return out;
 }
 
-at::Tensor srht_transpose_cpu(const at::Tensor& y, int64_t block, const at::Tensor& rows, int64_t length,
-                              int64_t seed) {
-  const char* op = "srht_transpose";
+namespace {
+
+// srht_transpose into out (its length), for both ops; op names the caller in errors.
+void srht_transpose_into(const char* op, const at::Tensor& y, int64_t block, const at::Tensor& rows, int64_t seed,
+                         const at::Tensor& out) {
   check_srht_args(op, block, rows);
   const std::vector<int64_t> picked = checked_rows(op, rows, block);
   const int64_t m = static_cast<int64_t>(picked.size());
-  TORCH_CHECK_VALUE(length >= 0, op, ": length must be non-negative, got ", length);
-  const int64_t blocks = (length + block - 1) / block;
   TORCH_CHECK_VALUE(y.scalar_type() == at::kFloat && y.dim() == 2 && y.is_contiguous(), op,
                     ": y must be a contiguous 2-D float32 tensor");
+  check_out_vector(op, out, y);
+  const int64_t length = out.numel();
+  const int64_t blocks = (length + block - 1) / block;
   TORCH_CHECK_VALUE(y.size(0) == blocks && y.size(1) == m, op, ": y must have shape (", blocks, ", ", m,
                     ") for length ", length, ", block ", block, " and ", m, " rows, got ", y.sizes());
-  at::Tensor out = at::empty({length}, y.options());
   const float* src = y.data_ptr<float>();
   float* dst = out.data_ptr<float>();
   const float scale = hadamard_scale(block);
@@ -537,14 +555,30 @@ at::Tensor srht_transpose_cpu(const at::Tensor& y, int64_t block, const at::Tens
       }
     }
   });
+}
+
+}  // namespace
+
+at::Tensor srht_transpose_cpu(const at::Tensor& y, int64_t block, const at::Tensor& rows, int64_t length,
+                              int64_t seed) {
+  TORCH_CHECK_VALUE(length >= 0, "srht_transpose: length must be non-negative, got ", length);
+  at::Tensor out = at::empty({length}, y.options());
+  srht_transpose_into("srht_transpose", y, block, rows, seed, out);
   return out;
+}
+
+void srht_transpose_out_cpu(const at::Tensor& y, int64_t block, const at::Tensor& rows, int64_t seed,
+                            const at::Tensor& out) {
+  srht_transpose_into("srht_transpose_out", y, block, rows, seed, out);
 }
 
 TORCH_LIBRARY_IMPL(commlib, CPU, m) {
   m.impl("count_sketch_add_", &count_sketch_add_cpu);
   m.impl("count_unsketch", &count_unsketch_cpu);
+  m.impl("count_unsketch_out", &count_unsketch_out_cpu);
   m.impl("srht", &srht_cpu);
   m.impl("srht_transpose", &srht_transpose_cpu);
+  m.impl("srht_transpose_out", &srht_transpose_out_cpu);
 }
 
 }  // namespace commlib

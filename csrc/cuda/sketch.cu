@@ -145,21 +145,37 @@ void count_sketch_add_cuda(const at::Tensor& table, const at::Tensor& x, int64_t
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-at::Tensor count_unsketch_cuda(const at::Tensor& table, int64_t seed, int64_t offset, int64_t length) {
-  const char* op = "count_unsketch";
+namespace {
+
+// count_unsketch into out (its length), for both ops; op names the caller in errors.
+void count_unsketch_into(const char* op, const at::Tensor& table, int64_t seed, int64_t offset,
+                         const at::Tensor& out) {
   check_sketch_table(op, table);
+  check_out_vector(op, out, table);
+  const int64_t length = out.numel();
   check_sketch_range(op, offset, length);
   const c10::cuda::CUDAGuard device_guard(table.device());
   TORCH_CHECK_VALUE(at::isfinite(table).all().item<bool>(), op, ": the table holds NaN or Inf");
-  at::Tensor out = at::empty({length}, table.options());
   if (length == 0) {
-    return out;
+    return;
   }
   count_unsketch_kernel<<<blocks_for(length, op), kThreadsPerBlock, 0, c10::cuda::getCurrentCUDAStream()>>>(
       table.data_ptr<float>(), table.size(0), table.size(1), static_cast<uint64_t>(seed), offset, length,
       out.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+at::Tensor count_unsketch_cuda(const at::Tensor& table, int64_t seed, int64_t offset, int64_t length) {
+  check_sketch_range("count_unsketch", offset, length);
+  at::Tensor out = at::empty({length}, table.options());
+  count_unsketch_into("count_unsketch", table, seed, offset, out);
   return out;
+}
+
+void count_unsketch_out_cuda(const at::Tensor& table, int64_t seed, int64_t offset, const at::Tensor& out) {
+  count_unsketch_into("count_unsketch_out", table, seed, offset, out);
 }
 
 at::Tensor srht_cuda(const at::Tensor& x, int64_t block, const at::Tensor& rows, int64_t seed) {
@@ -189,20 +205,23 @@ at::Tensor srht_cuda(const at::Tensor& x, int64_t block, const at::Tensor& rows,
   return out;
 }
 
-at::Tensor srht_transpose_cuda(const at::Tensor& y, int64_t block, const at::Tensor& rows, int64_t length,
-                               int64_t seed) {
-  const char* op = "srht_transpose";
+namespace {
+
+// srht_transpose into out (its length), for both ops; op names the caller in errors.
+void srht_transpose_into(const char* op, const at::Tensor& y, int64_t block, const at::Tensor& rows, int64_t seed,
+                         const at::Tensor& out) {
   check_rows_on_device(op, rows, block);
-  TORCH_CHECK_VALUE(length >= 0, op, ": length must be non-negative, got ", length);
+  TORCH_CHECK_VALUE(y.scalar_type() == at::kFloat && y.dim() == 2 && y.is_contiguous(), op,
+                    ": y must be a contiguous 2-D float32 tensor");
+  check_out_vector(op, out, y);
+  const int64_t length = out.numel();
   const int64_t blocks = (length + block - 1) / block;
   const int64_t m = rows.numel();
-  TORCH_CHECK_VALUE(y.scalar_type() == at::kFloat && y.dim() == 2 && y.is_contiguous() && y.size(0) == blocks &&
-                        y.size(1) == m,
-                    op, ": y must be a contiguous float32 tensor of shape (", blocks, ", ", m, "), got ", y.sizes());
+  TORCH_CHECK_VALUE(y.size(0) == blocks && y.size(1) == m, op, ": y must have shape (", blocks, ", ", m,
+                    ") for length ", length, ", block ", block, " and ", m, " rows, got ", y.sizes());
   const c10::cuda::CUDAGuard device_guard(y.device());
-  at::Tensor out = at::empty({length}, y.options());
   if (blocks == 0) {
-    return out;
+    return;
   }
   const int64_t padded = blocks * block;
   at::Tensor v = at::zeros({padded}, y.options());
@@ -215,14 +234,30 @@ at::Tensor srht_transpose_cuda(const at::Tensor& y, int64_t block, const at::Ten
   unsign_kernel<<<blocks_for(length, op), kThreadsPerBlock, 0, stream>>>(
       v.data_ptr<float>(), length, static_cast<uint64_t>(seed), hadamard_scale(block), out.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+at::Tensor srht_transpose_cuda(const at::Tensor& y, int64_t block, const at::Tensor& rows, int64_t length,
+                               int64_t seed) {
+  TORCH_CHECK_VALUE(length >= 0, "srht_transpose: length must be non-negative, got ", length);
+  at::Tensor out = at::empty({length}, y.options());
+  srht_transpose_into("srht_transpose", y, block, rows, seed, out);
   return out;
+}
+
+void srht_transpose_out_cuda(const at::Tensor& y, int64_t block, const at::Tensor& rows, int64_t seed,
+                             const at::Tensor& out) {
+  srht_transpose_into("srht_transpose_out", y, block, rows, seed, out);
 }
 
 TORCH_LIBRARY_IMPL(commlib, CUDA, m) {
   m.impl("count_sketch_add_", &count_sketch_add_cuda);
   m.impl("count_unsketch", &count_unsketch_cuda);
+  m.impl("count_unsketch_out", &count_unsketch_out_cuda);
   m.impl("srht", &srht_cuda);
   m.impl("srht_transpose", &srht_transpose_cuda);
+  m.impl("srht_transpose_out", &srht_transpose_out_cuda);
 }
 
 }  // namespace commlib

@@ -164,3 +164,17 @@ def test_ratio_one_keeps_every_row(d):
     c = Sketch(ratio=1, mode="projection", block=1024)
     x = torch.randn(d, generator=torch.Generator().manual_seed(d))
     torch.testing.assert_close(c.compress(x, ctx(step=2)), x, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family, rows", FAMILIES)
+@pytest.mark.parametrize("d", [1, 777])
+def test_transpose_into_out_is_the_fresh_transpose(family, rows, d):
+    """``transpose(y, out=buf)`` fills every element of ``buf`` (NaN before) with the bits of ``transpose(y)``."""
+    c = Sketch(ratio=4, family=family, rows=rows, block=64)
+    op = c.operator(d, ctx(step=2))
+    y = op.apply(torch.randn(d, generator=torch.Generator().manual_seed(d)))
+    buf = torch.full((d,), float("nan"))
+    assert op.transpose(y, out=buf) is buf
+    assert torch.equal(buf.view(torch.int32), op.transpose(y).view(torch.int32))
+    with pytest.raises(ValueError, match="out must"):
+        op.transpose(y, out=torch.zeros(d + 1))

@@ -431,3 +431,137 @@ def test_torch_compile_fullgraph() -> None:
         got, expected = compiled(x, t_c), pipeline(x, t_e)
         assert torch.equal(t_c, t_e) and bool(t_c.abs().sum() > 0)
         assert all(torch.equal(bits_of(a), bits_of(b)) for a, b in zip(got, expected))
+
+
+# ---------------------------------------------------------------- decoding into a given buffer (out=)
+
+
+def out_decoders() -> list[tuple[str, object, object]]:
+    """(name, unsketch into out, srht_transpose into out), each returning what it wrote into."""
+    paths: list[tuple[str, object, object]] = [
+        ("wrapper", lambda t, s, o, out: ops.count_unsketch(t, s, o, out.numel(), out=out),
+         lambda y, b, r, s, out: ops.srht_transpose(y, b, r, out.numel(), s, out=out)),
+    ]
+    if ops.backend() != "reference":
+        k = torch.ops.commlib
+
+        def unsketch_out(t, s, o, out):
+            k.count_unsketch_out(t, ops._as_int64(s), o, out)
+            return out
+
+        def srht_t_out(y, b, r, s, out):
+            k.srht_transpose_out(y, b, r, ops._as_int64(s), out)
+            return out
+
+        paths.append(("kernel", unsketch_out, srht_t_out))
+    return paths
+
+
+OUT_DECODERS = out_decoders()
+
+
+@pytest.mark.parametrize("path", OUT_DECODERS, ids=[p[0] for p in OUT_DECODERS])
+@settings(max_examples=25, deadline=None)
+@given(d=st.integers(0, 5000), rows=st.integers(1, 5), log_block=st.integers(0, 10),
+       seed=st.integers(-(2**63), 2**63 - 1))
+def test_decoding_into_out_equals_a_fresh_result(path, d: int, rows: int, log_block: int, seed: int) -> None:
+    """Every element of out is written (it starts as NaN), with the bits of the functional op, and out is returned."""
+    _, unsketch_out, srht_t_out = path
+    g = torch.Generator().manual_seed(d)
+    table = torch.randn(rows, 1 + d // 7, generator=g)
+    out = torch.full((d,), float("nan"))
+    assert unsketch_out(table, seed, 11, out) is out
+    assert torch.equal(bits_of(out), bits_of(reference.count_unsketch(table, seed, 11, d)))
+    block = 2**log_block
+    picked = torch.randperm(block, generator=g)[: max(1, block // 3)]
+    y = torch.randn(-(-d // block), picked.numel(), generator=g)
+    out = torch.full((d,), float("nan"))
+    assert srht_t_out(y, block, picked, seed, out) is out
+    assert torch.equal(bits_of(out), bits_of(reference.srht_transpose(y, block, picked, d, seed)))
+
+
+def bad_outs() -> list[tuple[str, torch.Tensor]]:
+    return [
+        ("float64", torch.zeros(100, dtype=torch.float64)),
+        ("too short", torch.zeros(99)),
+        ("too long", torch.zeros(101)),
+        ("2-D", torch.zeros(2, 50)),
+        ("strided", torch.zeros(200)[::2]),
+    ]
+
+
+@pytest.mark.parametrize("case", bad_outs(), ids=[c[0] for c in bad_outs()])
+def test_bad_out_is_rejected_by_the_wrappers(case) -> None:
+    _, out = case
+    table, rows = torch.randn(3, 20), torch.tensor([0, 5, 3])
+    with pytest.raises(ValueError, match="count_unsketch: out must"):
+        ops.count_unsketch(table, 1, 0, 100, out=out)
+    with pytest.raises(ValueError, match="srht_transpose: out must"):
+        ops.srht_transpose(torch.randn(13, 3), 8, rows, 100, 1, out=out)
+
+
+@needs_extension
+@pytest.mark.parametrize("case", bad_outs()[:1] + bad_outs()[3:], ids=[c[0] for c in bad_outs()[:1] + bad_outs()[3:]])
+def test_bad_out_is_rejected_by_the_kernels(case) -> None:
+    _, out = case
+    k = torch.ops.commlib
+    with pytest.raises(ValueError, match="count_unsketch_out: out must be a contiguous 1-D float32"):
+        k.count_unsketch_out(torch.randn(3, 20), 1, 0, out)
+    with pytest.raises(ValueError, match="srht_transpose_out: out must be a contiguous 1-D float32"):
+        k.srht_transpose_out(torch.randn(13, 3), 8, torch.tensor([0, 5, 3]), 1, out)
+
+
+@needs_extension
+def test_out_sharing_memory_with_the_input_is_rejected() -> None:
+    """An out overlapping the coefficients (or the table) would be read after being written: refused, untouched."""
+    k = torch.ops.commlib
+    storage = torch.arange(150, dtype=torch.float32)
+    y, out = storage[:39].view(13, 3), storage[30:130]
+    with pytest.raises(ValueError, match="srht_transpose_out: out must not share memory with the input"):
+        k.srht_transpose_out(y, 8, torch.tensor([0, 5, 3]), 1, out)
+    table, out = storage[:60].view(3, 20), storage[50:150]
+    with pytest.raises(ValueError, match="count_unsketch_out: out must not share memory with the input"):
+        k.count_unsketch_out(table, 1, 0, out)
+    assert torch.equal(storage, torch.arange(150, dtype=torch.float32))
+    # adjacent but disjoint is fine
+    k.srht_transpose_out(storage[:39].view(13, 3), 8, torch.tensor([0, 5, 3]), 1, storage[39:139])
+
+
+@pytest.mark.parametrize("path", OUT_DECODERS, ids=[p[0] for p in OUT_DECODERS])
+def test_malformed_input_leaves_out_untouched(path) -> None:
+    _, unsketch_out, srht_t_out = path
+    out = torch.full((100,), 7.0)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        unsketch_out(torch.tensor([[1.0, float("inf")]]), 1, 0, out)
+    with pytest.raises(ValueError, match="y must"):
+        srht_t_out(torch.randn(12, 3), 8, torch.tensor([0, 5, 3]), 1, out)  # 13 blocks needed
+    with pytest.raises(ValueError, match="distinct"):
+        srht_t_out(torch.randn(13, 3), 8, torch.tensor([0, 5, 5]), 1, out)
+    assert torch.equal(out, torch.full((100,), 7.0))
+
+
+@needs_extension
+@pytest.mark.skipif(not hasattr(torch.library, "opcheck"), reason="torch.library.opcheck needs torch >= 2.4")
+def test_opcheck_out_variants() -> None:
+    k = torch.ops.commlib
+    torch.library.opcheck(k.count_unsketch_out.default, (torch.randn(5, 64), 3, 10, torch.empty(100)))
+    torch.library.opcheck(k.count_unsketch_out.default, (torch.randn(4, 64), 3, 0, torch.empty(0)))
+    torch.library.opcheck(k.srht_transpose_out.default, (torch.randn(126, 3), 8, torch.tensor([0, 5, 3]), 3,
+                                                         torch.empty(1001)))
+
+
+@needs_extension
+def test_torch_compile_fullgraph_out_variants() -> None:
+    rows = torch.tensor([0, 5, 3])
+
+    def decode(table: torch.Tensor, y: torch.Tensor, est: torch.Tensor, back: torch.Tensor) -> None:
+        ops.count_unsketch(table, 3, 10, est.shape[0], out=est)
+        ops.srht_transpose(y, 8, rows, back.shape[0], 4, out=back)
+
+    compiled = torch.compile(decode, fullgraph=True, backend="aot_eager", dynamic=True)
+    for n in (100, 333):
+        table, y = torch.randn(5, 32), torch.randn(-(-n // 8), 3)
+        got = torch.full((n,), float("nan")), torch.full((n,), float("nan"))
+        compiled(table, y, *got)
+        assert torch.equal(bits_of(got[0]), bits_of(ops.count_unsketch(table, 3, 10, n)))
+        assert torch.equal(bits_of(got[1]), bits_of(ops.srht_transpose(y, 8, rows, n, 4)))

@@ -142,8 +142,9 @@ class Sketch(LinearCompressor):
     def encode(self, x: Tensor, ctx: TensorContext) -> Tensor:
         return self.operator(x.numel(), ctx).apply(x)
 
-    def decode(self, total: Tensor, shape: torch.Size, ctx: TensorContext) -> Tensor:
-        return self.operator(shape.numel(), ctx).transpose(total).view(shape)  # transpose validates the payload
+    def decode(self, total: Tensor, shape: torch.Size, ctx: TensorContext, out: Tensor | None = None) -> Tensor:
+        # transpose validates the payload
+        return self.operator(shape.numel(), ctx).transpose(total, out=out).view(shape)
 
     def compress(self, x: Tensor, ctx: TensorContext) -> Tensor:
         """This rank's dense ``C(x) = RᵀRx`` (float32), as the exchange decodes its own payload."""

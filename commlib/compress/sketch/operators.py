@@ -77,8 +77,12 @@ class SketchOperator(ABC):
         """``R x``: ``x`` has ``numel`` elements (any shape); returns a float32 vector of ``size``."""
 
     @abstractmethod
-    def transpose(self, y: Tensor) -> Tensor:
-        """``Rᵀ y``: ``y`` is a float32 vector of ``size``; returns a float32 vector of ``numel``."""
+    def transpose(self, y: Tensor, out: Tensor | None = None) -> Tensor:
+        """``Rᵀ y``: ``y`` is a float32 vector of ``size``; returns a float32 vector of ``numel``.
+
+        ``out``: a contiguous float32 vector of ``numel`` to write ``Rᵀ y`` into
+        (returned), sharing no memory with ``y``; ``y`` is validated first.
+        """
 
 
 class CountSketchOperator(SketchOperator):
@@ -108,11 +112,12 @@ class CountSketchOperator(SketchOperator):
             ops.count_sketch_add_(table[j : j + 1], flat, seed)
         return table.view(-1).mul_(self._norm)
 
-    def transpose(self, y: Tensor) -> Tensor:
+    def transpose(self, y: Tensor, out: Tensor | None = None) -> Tensor:
         table = _check_sketch(y, self.size, "count sketch").view(len(self.row_seeds), self.cols)
-        out = torch.zeros(self.numel, dtype=torch.float32, device=table.device)
-        for j, seed in enumerate(self.row_seeds):
-            out.add_(ops.count_unsketch(table[j : j + 1].contiguous(), seed, 0, self.numel))
+        (first, *others), numel = self.row_seeds, self.numel
+        out = ops.count_unsketch(table[:1].contiguous(), first, 0, numel, out=out)
+        for j, seed in enumerate(others, start=1):
+            out.add_(ops.count_unsketch(table[j : j + 1].contiguous(), seed, 0, numel))
         return out.mul_(self._norm)
 
 
@@ -143,9 +148,9 @@ class BlockSRHTOperator(SketchOperator):
         y = ops.srht(flat, self.block, self.rows.to(flat.device), self.sign_seed).reshape(-1)
         return y if self._gain == 1.0 else y.mul_(self._gain)
 
-    def transpose(self, y: Tensor) -> Tensor:
+    def transpose(self, y: Tensor, out: Tensor | None = None) -> Tensor:
         coeffs = _check_sketch(y, self.size, "SRHT").view(self.blocks, self.rows.numel()).contiguous()
-        out = ops.srht_transpose(coeffs, self.block, self.rows.to(coeffs.device), self.numel, self.sign_seed)
+        out = ops.srht_transpose(coeffs, self.block, self.rows.to(coeffs.device), self.numel, self.sign_seed, out=out)
         return out if self._gain == 1.0 else out.mul_(self._gain)
 
 
@@ -176,7 +181,12 @@ class BlockGaussianOperator(SketchOperator):
         blocks = self._padded(flat).view(self.blocks, self.block, 1)
         return torch.bmm(self.matrix.to(flat.device), blocks).reshape(-1)
 
-    def transpose(self, y: Tensor) -> Tensor:
+    def transpose(self, y: Tensor, out: Tensor | None = None) -> Tensor:
         coeffs = _check_sketch(y, self.size, "block Gaussian").view(self.blocks, self.rows, 1)
-        out = torch.bmm(self.matrix.to(coeffs.device).transpose(1, 2), coeffs).reshape(-1)
-        return out[: self.numel].contiguous()
+        full = torch.bmm(self.matrix.to(coeffs.device).transpose(1, 2), coeffs).reshape(-1)[: self.numel]
+        if out is None:
+            return full.contiguous()
+        if out.dtype != torch.float32 or out.shape != (self.numel,) or not out.is_contiguous():
+            raise ValueError(f"block Gaussian: out must be a contiguous float32 vector of {self.numel} elements, "
+                             f"got {out.dtype} of shape {tuple(out.shape)}")
+        return out.copy_(full)

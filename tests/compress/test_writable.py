@@ -1,4 +1,9 @@
-"""Gather compressors decode into a handed-over input (`TensorContext.writable`: the DDP bucket), same bits."""
+"""Compressors decode into a handed-over input (`TensorContext.writable`: the DDP bucket), with the same bits.
+
+Gather compressors (top-k, QSGD, sign) and linear ones (sketches, random-k,
+the DP sketch), whose transpose writes the mean straight into the input once
+the payload is encoded.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,18 @@ import pytest
 import torch
 
 from commlib.comm.local import run_lockstep
-from commlib.compress import QSGD, Sign, TensorContext, TopK
+from commlib.compress import QSGD, RandK, Sign, Sketch, TensorContext, TopK
+from commlib.privacy import DPSketch
 
-COMPRESSORS = [TopK(0.1), QSGD(bits=4, bucket_size=16), Sign()]
+COMPRESSORS = [
+    TopK(0.1), QSGD(bits=4, bucket_size=16), Sign(),
+    Sketch(ratio=4, block=16), Sketch(ratio=4, block=16, mode="projection"),
+    Sketch(ratio=4, family="countsketch", rows=3), Sketch(ratio=4, family="gaussian", block=16), RandK(0.25),
+    DPSketch(noise_multiplier=1.0, max_norm=1.0, noise_seed=7, ratio=4, block=16),
+]
 
 
-@pytest.mark.parametrize("compressor", COMPRESSORS, ids=lambda c: c.name)
+@pytest.mark.parametrize("compressor", COMPRESSORS, ids=lambda c: f"{c.name}-{getattr(c, 'family', '')}")
 def test_handed_over_input_receives_the_mean_with_the_same_bits(compressor) -> None:
     n = 3
     xs = [torch.randn(7, 9, generator=torch.Generator().manual_seed(r)) for r in range(n)]
