@@ -298,6 +298,9 @@ def test_error_feedback_is_exact_for_rank_deficient_gradients(n_rows, m, n, seed
     basis = torch.randn(k, m, generator=g) * 10.0**log_scale
     compressors = workers(PowerSGD(rank=min(n_rows, m) if full else k, error_feedback=True), n)
     scale = 0.0  # the largest gradient so far: rounding carried in the error is relative to it
+    # float32 rounding, amplified by the conditioning of M·Q for the random start Q: 1.1e-4·scale at worst
+    # seen (12 × 12 of rank 9, seed 0), under 2e-6 in 400 random draws; a wrong projection or mean is O(1)
+    tol = 1e-3
     for step in range(4):
         xs = [torch.randn(n_rows, k, generator=g) @ basis for _ in range(n)]
         dead = torch.rand(n_rows, generator=g) < 0.2
@@ -306,8 +309,8 @@ def test_error_feedback_is_exact_for_rank_deficient_gradients(n_rows, m, n, seed
         mean = sum(xs) / n
         scale = max(scale, *(float(x.norm()) for x in xs))
         out = exchange_all(compressors, xs, step=step, seed=seed)[0]
-        assert (out - mean).norm() <= 1e-4 * scale
-        assert (sum(errors(compressors)) / n).norm() <= 1e-4 * scale
+        assert (out - mean).norm() <= tol * scale
+        assert (sum(errors(compressors)) / n).norm() <= tol * scale
 
 
 def test_error_feedback_is_carried_into_the_next_step():
