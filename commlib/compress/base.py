@@ -33,6 +33,7 @@ from torch import Tensor
 from .. import ops
 from ..comm.collectives import AllGather, AllReduce, Protocol
 from ..errors import WireFormatError
+from .lazy_mean import LazyMean
 
 __all__ = [
     "WireBytes",
@@ -117,10 +118,13 @@ class Compressor(ABC):
 
         Error feedback needs both. Single-round compressors decode their own
         payload; methods without a local operator (PowerSGD) raise ``ValueError``.
-        ``sparse=True`` lets a compressor whose ``C(x)`` is mostly zeros (top-k)
-        return ``mean`` and ``local`` as :class:`~commlib.compress.SparseDelta`
-        (same values, no pass over the whole tensor); the others return them
-        dense whatever ``sparse`` says.
+        ``sparse=True`` says the caller (error feedback) takes deltas other than
+        dense tensors: a compressor whose ``C(x)`` is mostly zeros (top-k) then
+        returns ``mean`` and ``local`` as :class:`~commlib.compress.SparseDelta`
+        (same values, no pass over the whole tensor), a linear one the mean as
+        a :class:`~commlib.compress.LazyMean` (decoded where it is consumed,
+        e.g. straight into the output); the others return them dense whatever
+        ``sparse`` says.
         """
         raise ValueError(f"{type(self).__name__} has no local compression operator C(x); error feedback needs one")
         yield  # pragma: no cover - makes this a generator
@@ -280,26 +284,29 @@ class LinearCompressor(Compressor):
         The payload is validated before ``out`` is touched.
         """
 
-    def _reduce(self, payload: Tensor, shape: torch.Size, ctx: TensorContext,
-                out: Tensor | None = None) -> Protocol[Tensor]:
-        """Ordered all-reduce of ``payload``; validate and decode the sum into the mean (``shape``, into ``out``)."""
-        size = payload.shape
+    def _reduce(self, payload: Tensor, shape: torch.Size, ctx: TensorContext) -> Protocol[LazyMean]:
+        """Ordered all-reduce of ``payload``; validate the sum (its dtype, shape, finiteness) and return the mean
+        (``shape``), decoded on use."""
         total = yield AllReduce(payload)
-        if total.shape != size:
-            raise WireFormatError(f"{self.name}: expected a sum of shape {tuple(size)}, got {tuple(total.shape)}")
+        if total.dtype != payload.dtype or total.shape != payload.shape:
+            raise WireFormatError(f"{self.name}: expected a {payload.dtype} sum of shape {tuple(payload.shape)}, got "
+                                  f"{total.dtype} {tuple(total.shape)}")
         check_finite(total, self.name)
-        return self.decode(total, shape, ctx, out=out).div_(ctx.world_size)
+        return LazyMean(lambda into: self.decode(total, shape, ctx, out=into).reshape(-1).div_(ctx.world_size), shape)
 
     def exchange(self, x: Tensor, ctx: TensorContext) -> Protocol[Tensor]:
         payload = self.encode(x, ctx)  # x is read for the last time: a handed-over x receives the mean
+        mean = yield from self._reduce(payload, x.shape, ctx)
         into = handed_over(x, ctx)
-        return (yield from self._reduce(payload, x.shape, ctx, out=None if into is None else into.view(-1)))
+        return mean.to_dense() if into is None else mean.write_to(into)
 
-    def exchange_local(self, x: Tensor, ctx: TensorContext, sparse: bool = False) -> Protocol[tuple[Tensor, Tensor]]:
+    def exchange_local(self, x: Tensor, ctx: TensorContext,
+                       sparse: bool = False) -> Protocol[tuple[Tensor | LazyMean, Tensor]]:
+        """``(mean, local)``; with ``sparse``, the mean as a :class:`LazyMean` (decoded where it is consumed)."""
         payload = self.encode(x, ctx)
         local = self.decode(payload, x.shape, ctx)  # before the payload is handed over
         mean = yield from self._reduce(payload, x.shape, ctx)
-        return mean, local
+        return (mean if sparse else mean.to_dense()), local
 
 
 def check_density(density: object, owner: str) -> None:

@@ -57,6 +57,12 @@ class SparseDelta:
         out[self.indices] = self.values
         return out.view(self.shape)
 
+    def write_to(self, out: Tensor) -> Tensor:
+        """``out`` ← this tensor (returned): zeroed then filled at the kept entries when contiguous, else copied."""
+        if out.shape != self.shape:
+            raise ValueError(f"SparseDelta.write_to: out must have shape {tuple(self.shape)}, got {tuple(out.shape)}")
+        return self.add_to_(out.zero_()) if out.is_contiguous() else out.copy_(self.to_dense())
+
     def add_to_(self, t: Tensor, alpha: float = 1.0) -> Tensor:
         """``t += alpha·self`` at the kept entries only; ``alpha`` is ``1`` or ``-1`` (``t − v`` bit for bit)."""
         if alpha not in (1.0, -1.0):

@@ -39,20 +39,22 @@ from torch import Tensor
 
 from .. import ops
 from ..compress.base import Compressor, TensorContext
+from ..compress.lazy_mean import LazyMean
 from ..compress.sparse_delta import SparseDelta
 
 __all__ = ["ErrorFeedback", "Delta", "add_delta_", "is_finite", "require_local_compressor", "local_compress",
            "default_eta"]
 
-#: A compressed message as :meth:`ErrorFeedback.commit` receives it: dense, or zero but at a few entries.
-Delta = Tensor | SparseDelta
+#: A compressed message as :meth:`ErrorFeedback.commit` receives it: dense, zero but at a few entries, or (the
+#: ranks' mean of a linear compressor) decoded where it is consumed.
+Delta = Tensor | SparseDelta | LazyMean
 
 
 def add_delta_(t: Tensor, delta: Delta, alpha: float = 1.0) -> Tensor:
     """``t += alpha·delta`` (``alpha`` 1 or −1) in place; a :class:`SparseDelta` touches its kept entries only."""
-    if isinstance(delta, SparseDelta):
-        return delta.add_to_(t, alpha)
-    return t.add_(delta, alpha=alpha)
+    if isinstance(delta, Tensor):
+        return t.add_(delta, alpha=alpha)
+    return delta.add_to_(t, alpha)
 
 
 def _shares_memory(a: Tensor, b: Tensor) -> bool:
@@ -291,20 +293,19 @@ class ErrorFeedback(ABC):
                 self._scratch[key], state[b] = state[b], work[b]
         if self.buffers:
             self._state[key] = state
-        if isinstance(result, SparseDelta):  # the mean itself (EF14, no feedback)
-            if out is None or not out.is_contiguous():
-                return result.to_dense() if out is None else out.copy_(result.to_dense())
-            return result.add_to_(out.zero_())
+        if not isinstance(result, Tensor):  # the mean itself (EF14, no feedback): decoded into its destination
+            return result.to_dense().to(self.dtype) if out is None else result.write_to(out)
         return result.clone() if out is None else out.copy_(result)
 
     def _delta(self, delta: object, what: str, shape: torch.Size) -> Delta:
-        """``delta`` checked: a dense tensor in ``dtype``, or a :class:`SparseDelta` (sparse COO converted)."""
-        sparse = isinstance(delta, SparseDelta) or (isinstance(delta, Tensor) and delta.is_sparse)
+        """``delta`` checked: a dense tensor in ``dtype``, or a :class:`SparseDelta` (sparse COO converted) or
+        :class:`LazyMean`."""
+        sparse = isinstance(delta, (SparseDelta, LazyMean)) or (isinstance(delta, Tensor) and delta.is_sparse)
         if sparse and not self.sparse_deltas:
             raise ValueError(f"{self.name}: {what} must be dense (this method's sparse_deltas is False)")
         if isinstance(delta, Tensor) and delta.is_sparse:
             delta = SparseDelta.from_coo(delta)
-        if isinstance(delta, SparseDelta):
+        if isinstance(delta, (SparseDelta, LazyMean)):
             if delta.shape != shape:
                 raise ValueError(f"{self.name}: {what} has shape {tuple(delta.shape)}, expected {tuple(shape)}")
             return delta

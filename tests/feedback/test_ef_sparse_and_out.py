@@ -16,7 +16,7 @@ import torch
 
 from commlib.comm.exchange import ExchangeConfig, GradientExchange
 from commlib.comm.local import run_lockstep
-from commlib.compress import QSGD, SparseDelta, TensorContext, TopK
+from commlib.compress import QSGD, LazyMean, RandK, Sketch, SparseDelta, TensorContext, TopK
 from commlib.errors import WireFormatError
 from commlib.feedback import EF14, EF21, EF21SGDM, EControl, NoFeedback
 from commlib.feedback.base import ErrorFeedback
@@ -193,6 +193,63 @@ def test_handed_over_bucket_receives_the_result_with_the_same_bits(compressor, m
                 assert (state_a is None) == (state_b is None)
                 if state_a is not None:
                     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+LINEAR = [Sketch(ratio=4, block=16, mode="projection"), Sketch(ratio=4, family="countsketch", rows=3), RandK(0.3)]
+
+
+@pytest.mark.parametrize("compressor", LINEAR, ids=lambda c: f"{c.name}-{getattr(c, 'family', '')}")
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.name)
+def test_a_linear_mean_decoded_on_use_keeps_the_dense_bits(compressor, method: ErrorFeedback) -> None:
+    """A linear compressor's mean reaches the feedback as a :class:`LazyMean` (EF14 and no feedback decode it
+    straight into the bucket): every output and buffer keeps the bits of a method that takes dense deltas only."""
+    n, shapes = 3, {"a": (12, 10), "b": (7, 9)}
+    dense_method = copy.deepcopy(method)
+    dense_method.sparse_deltas = False  # the exchange then hands it the mean as a dense tensor
+
+    def workers(feedback: ErrorFeedback) -> list[GradientExchange]:
+        return [GradientExchange(copy.deepcopy(compressor), r, n, ExchangeConfig(seed=3, start_step=0, min_numel=1),
+                                 feedback=copy.deepcopy(feedback)) for r in range(n)]
+
+    lazy, dense = workers(method), workers(dense_method)
+    for step in range(4):
+        grads = [[(name, _grad(shape, 100 * step + 10 * r + i)) for i, (name, shape) in enumerate(shapes.items())]
+                 for r in range(n)]
+        copies = [[(name, g.clone()) for name, g in named] for named in grads]
+        got = run_lockstep([w.protocol(named, step, inplace=True) for w, named in zip(lazy, grads)])
+        ref = run_lockstep([w.protocol(named, step, inplace=True) for w, named in zip(dense, copies)])
+        for (outs, _), (refs, _), named in zip(got, ref, grads):
+            assert all(o.data_ptr() == g.data_ptr() for o, (_, g) in zip(outs, named))
+            assert all(_same_bits(o, r) for o, r in zip(outs, refs))
+        for a, b in zip(lazy, dense):
+            for key in shapes:
+                state_a, state_b = a.feedback.get(key), b.feedback.get(key)
+                assert (state_a is None) == (state_b is None)
+                if state_a is not None:
+                    assert all(_same_bits(state_a[k], state_b[k]) for k in state_a), (step, key)
+
+
+def test_lazy_mean_writes_in_place_or_copies() -> None:
+    calls: list[torch.Tensor | None] = []
+
+    def decode(into: torch.Tensor | None) -> torch.Tensor:
+        calls.append(into)
+        out = torch.empty(6) if into is None else into
+        return out.copy_(torch.arange(6.0))
+
+    mean = LazyMean(decode, torch.Size((2, 3)))
+    out = torch.full((2, 3), float("nan"))
+    assert mean.write_to(out) is out and calls[-1].data_ptr() == out.data_ptr()
+    assert torch.equal(out, torch.arange(6.0).view(2, 3))
+    strided = torch.zeros(3, 2).t()
+    assert torch.equal(mean.write_to(strided), torch.arange(6.0).view(2, 3)) and calls[-1] is None
+    as_double = mean.write_to(torch.zeros(2, 3, dtype=torch.float64))
+    assert as_double.dtype == torch.float64 and calls[-1] is None
+    assert torch.equal(mean.add_to_(torch.ones(2, 3), alpha=-1.0), 1 - torch.arange(6.0).view(2, 3))
+    with pytest.raises(ValueError, match=r"out must have shape \(2, 3\)"):
+        mean.write_to(torch.zeros(6))
+    with pytest.raises(ValueError, match="delta_mean has shape"):
+        EF14().commit("w", torch.ones(4), torch.ones(4), LazyMean(decode, torch.Size((6,))))
 
 
 class _EControlFresh(EControl):
