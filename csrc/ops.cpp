@@ -35,8 +35,10 @@ TORCH_LIBRARY(commlib, m) {
   // x: 1-D contiguous finite float32. Returns (float32 scale per bucket, packed codes); see qsgd.h.
   m.def("qsgd_encode(Tensor x, int bucket_size, int levels, int bits, bool max_norm, int seed) -> (Tensor, Tensor)",
         {at::Tag::pt2_compliant_tag});
-  // out += dequantized codes; validates every scale and code before touching out.
-  m.def("qsgd_decode_add(Tensor(a!) out, Tensor scales, Tensor packed, int bucket_size, int levels, int bits) -> ()",
+  // out += dequantized codes (out -= them with subtract: out - v, one rounding, the bits of out - decoded);
+  // validates every scale and code before touching out.
+  m.def("qsgd_decode_add(Tensor(a!) out, Tensor scales, Tensor packed, int bucket_size, int levels, int bits, "
+        "bool subtract=False) -> ()",
         {at::Tag::pt2_compliant_tag});
   // Count sketch (see sketch.h): table (rows, cols) float32 += sketch of x at global indices offset + [0, numel).
   m.def("count_sketch_add_(Tensor(a!) table, Tensor x, int seed, int offset) -> ()", {at::Tag::pt2_compliant_tag});

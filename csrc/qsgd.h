@@ -88,13 +88,13 @@ inline void check_qsgd_decode_args(const at::Tensor& out, const at::Tensor& scal
 std::tuple<at::Tensor, at::Tensor> qsgd_encode_cpu(const at::Tensor& x, int64_t bucket_size, int64_t levels,
                                                    int64_t bits, bool max_norm, int64_t seed);
 void qsgd_decode_add_cpu(const at::Tensor& out, const at::Tensor& scales, const at::Tensor& packed,
-                         int64_t bucket_size, int64_t levels, int64_t bits);
+                         int64_t bucket_size, int64_t levels, int64_t bits, bool subtract);
 
 #ifdef WITH_CUDA
 std::tuple<at::Tensor, at::Tensor> qsgd_encode_cuda(const at::Tensor& x, int64_t bucket_size, int64_t levels,
                                                     int64_t bits, bool max_norm, int64_t seed);
 void qsgd_decode_add_cuda(const at::Tensor& out, const at::Tensor& scales, const at::Tensor& packed,
-                          int64_t bucket_size, int64_t levels, int64_t bits);
+                          int64_t bucket_size, int64_t levels, int64_t bits, bool subtract);
 #endif
 
 }  // namespace commlib

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .base import Compressor, GatherCompressor, LinearCompressor, TensorContext, WireBytes
 from .dense import BF16, FP16, Identity
-from .lazy_mean import LazyMean
+from .lazy_delta import LazyDelta
 from .powersgd import PowerSGD
 from .qsgd import QSGD
 from .randk import RandK
@@ -21,7 +21,7 @@ __all__ = [
     "FetchSGD",
     "GatherCompressor",
     "Identity",
-    "LazyMean",
+    "LazyDelta",
     "LinearCompressor",
     "PowerSGD",
     "RandK",

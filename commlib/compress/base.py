@@ -33,7 +33,7 @@ from torch import Tensor
 from .. import ops
 from ..comm.collectives import AllGather, AllReduce, Protocol
 from ..errors import WireFormatError
-from .lazy_mean import LazyMean
+from .lazy_delta import LazyDelta
 
 __all__ = [
     "WireBytes",
@@ -122,7 +122,7 @@ class Compressor(ABC):
         dense tensors: a compressor whose ``C(x)`` is mostly zeros (top-k) then
         returns ``mean`` and ``local`` as :class:`~commlib.compress.SparseDelta`
         (same values, no pass over the whole tensor), a linear one the mean as
-        a :class:`~commlib.compress.LazyMean` (decoded where it is consumed,
+        a :class:`~commlib.compress.LazyDelta` (decoded where it is consumed,
         e.g. straight into the output); the others return them dense whatever
         ``sparse`` says.
         """
@@ -150,8 +150,12 @@ class GatherCompressor(Compressor):
         """``x`` (float32) → uint8 payload of exactly ``payload_bytes(x.shape)`` bytes."""
 
     @abstractmethod
-    def decode_add(self, payload: Tensor, out: Tensor, ctx: TensorContext) -> None:
-        """Validate one rank's payload and add its decoded tensor to ``out`` (float32, flat)."""
+    def decode_add(self, payload: Tensor, out: Tensor, ctx: TensorContext, subtract: bool = False) -> None:
+        """Validate one rank's payload and add its decoded tensor to ``out`` (float32, flat).
+
+        ``subtract``: ``out −=`` it instead, each element ``out − v`` (one rounding: the
+        bits of subtracting the decoded tensor, up to the sign of a zero).
+        """
 
     def wire_bytes(self, shape: torch.Size) -> WireBytes:
         return WireBytes(values=self.payload_bytes(shape))
@@ -168,16 +172,28 @@ class GatherCompressor(Compressor):
         parts = yield from self._gather(x, ctx)
         return self.decode_all(parts, x.shape, ctx, into=handed_over(x, ctx))
 
-    def exchange_local(self, x: Tensor, ctx: TensorContext, sparse: bool = False) -> Protocol[tuple[Tensor, Tensor]]:
+    def exchange_local(self, x: Tensor, ctx: TensorContext,
+                       sparse: bool = False) -> Protocol[tuple[Tensor, Tensor | LazyDelta]]:
+        """``(mean, local)``; with ``sparse``, ``local`` as a :class:`LazyDelta` that error feedback decodes
+        straight into the buffer it updates (``e' = u − C(u)``, ``hᵢ += C(u)``)."""
         parts = yield from self._gather(x, ctx)
         mean = self.decode_all(parts, x.shape, ctx)
         return mean, self.decode_local(parts[ctx.rank], x.shape, ctx, sparse)  # as the others decoded it
 
-    def decode_local(self, payload: Tensor, shape: torch.Size, ctx: TensorContext, sparse: bool = False) -> Tensor:
-        """One payload decoded alone: ``C(x)`` (float32, ``shape``), dense (``sparse`` is a hint; see TopK)."""
-        out = torch.zeros(shape.numel(), dtype=torch.float32, device=payload.device)
+    def decode_local(self, payload: Tensor, shape: torch.Size, ctx: TensorContext,
+                     sparse: bool = False) -> Tensor | LazyDelta:
+        """One payload decoded alone: ``C(x)`` (float32, ``shape``), dense; with ``sparse`` a :class:`LazyDelta`,
+        decoded on use, for a payload already validated (:meth:`exchange_local` decodes every row for the mean
+        first, this rank's included)."""
+        if sparse:
+            return LazyDelta(lambda into: self._decode_one(payload, shape, ctx, into), shape,
+                             lambda t, subtract: self.decode_add(payload, t, ctx, subtract))
+        return self._decode_one(payload, shape, ctx, None).view(shape)
+
+    def _decode_one(self, payload: Tensor, shape: torch.Size, ctx: TensorContext, into: Tensor | None) -> Tensor:
+        out = torch.zeros(shape.numel(), dtype=torch.float32, device=payload.device) if into is None else into.zero_()
         self.decode_add(payload, out, ctx)
-        return out.view(shape)
+        return out
 
     def compress(self, x: Tensor, ctx: TensorContext) -> Tensor:
         """This rank's dense ``C(x)`` (float32, ``x``'s shape), bit-identical to its share of the exchange."""
@@ -284,7 +300,7 @@ class LinearCompressor(Compressor):
         The payload is validated before ``out`` is touched.
         """
 
-    def _reduce(self, payload: Tensor, shape: torch.Size, ctx: TensorContext) -> Protocol[LazyMean]:
+    def _reduce(self, payload: Tensor, shape: torch.Size, ctx: TensorContext) -> Protocol[LazyDelta]:
         """Ordered all-reduce of ``payload``; validate the sum (its dtype, shape, finiteness) and return the mean
         (``shape``), decoded on use."""
         total = yield AllReduce(payload)
@@ -292,7 +308,7 @@ class LinearCompressor(Compressor):
             raise WireFormatError(f"{self.name}: expected a {payload.dtype} sum of shape {tuple(payload.shape)}, got "
                                   f"{total.dtype} {tuple(total.shape)}")
         check_finite(total, self.name)
-        return LazyMean(lambda into: self.decode(total, shape, ctx, out=into).reshape(-1).div_(ctx.world_size), shape)
+        return LazyDelta(lambda into: self.decode(total, shape, ctx, out=into).reshape(-1).div_(ctx.world_size), shape)
 
     def exchange(self, x: Tensor, ctx: TensorContext) -> Protocol[Tensor]:
         payload = self.encode(x, ctx)  # x is read for the last time: a handed-over x receives the mean
@@ -301,8 +317,8 @@ class LinearCompressor(Compressor):
         return mean.to_dense() if into is None else mean.write_to(into)
 
     def exchange_local(self, x: Tensor, ctx: TensorContext,
-                       sparse: bool = False) -> Protocol[tuple[Tensor | LazyMean, Tensor]]:
-        """``(mean, local)``; with ``sparse``, the mean as a :class:`LazyMean` (decoded where it is consumed)."""
+                       sparse: bool = False) -> Protocol[tuple[Tensor | LazyDelta, Tensor]]:
+        """``(mean, local)``; with ``sparse``, the mean as a :class:`LazyDelta` (decoded where it is consumed)."""
         payload = self.encode(x, ctx)
         local = self.decode(payload, x.shape, ctx)  # before the payload is handed over
         mean = yield from self._reduce(payload, x.shape, ctx)

@@ -113,9 +113,9 @@ class QSGD(ScaledCodesCompressor):
             raise ValueError(f"qsgd: cannot encode {ctx.key!r}: {exc}") from exc
         return torch.cat([scales.view(torch.uint8), packed])
 
-    def decode_add(self, payload: Tensor, out: Tensor, ctx: TensorContext) -> None:
+    def decode_add(self, payload: Tensor, out: Tensor, ctx: TensorContext, subtract: bool = False) -> None:
         scales, body = self.split_scaled(payload, out.shape, ctx)
         try:
-            ops.qsgd_decode_add(out, scales, body, self.bucket_size, self.s, self.code_bits)
+            ops.qsgd_decode_add(out, scales, body, self.bucket_size, self.s, self.code_bits, subtract)
         except ValueError as exc:
             raise WireFormatError(f"qsgd: malformed payload for {ctx.key!r}: {exc}") from exc

@@ -62,8 +62,8 @@ class Sign(ScaledCodesCompressor):
         bits = ops.pack_bits((flat >= 0).to(torch.uint8), 1)
         return torch.cat([scales.view(torch.uint8), bits])
 
-    def decode_add(self, payload: Tensor, out: Tensor, ctx: TensorContext) -> None:
+    def decode_add(self, payload: Tensor, out: Tensor, ctx: TensorContext, subtract: bool = False) -> None:
         numel = out.numel()
         scales, body = self.split_scaled(payload, out.shape, ctx)
         signs = ops.unpack_bits(body, 1, numel).to(torch.float32).mul_(2).sub_(1)
-        out.add_(self.groups(signs).mul_(scales.unsqueeze(1)).reshape(-1)[:numel])
+        out.add_(self.groups(signs).mul_(scales.unsqueeze(1)).reshape(-1)[:numel], alpha=-1.0 if subtract else 1.0)

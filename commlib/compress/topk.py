@@ -77,9 +77,12 @@ class TopK(GatherCompressor):
         values, idx = self.select(x)
         return torch.cat([values.float().view(torch.uint8), idx.view(torch.uint8)])
 
-    def decode_add(self, payload: Tensor, out: Tensor, ctx: TensorContext) -> None:
+    def decode_add(self, payload: Tensor, out: Tensor, ctx: TensorContext, subtract: bool = False) -> None:
         values, idx = self._read(payload, out.numel(), ctx)
-        out[idx] += values
+        if subtract:
+            out[idx] -= values
+        else:
+            out[idx] += values
 
     def exchange_local(self, x: Tensor, ctx: TensorContext,
                        sparse: bool = False) -> Protocol[tuple[Tensor | SparseDelta, Tensor | SparseDelta]]:

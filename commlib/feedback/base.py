@@ -9,10 +9,13 @@ same object can be driven by any runtime (DDP hook, in-process simulator, MPI):
 2. The runtime computes ``delta_local = C(u)`` (this rank's compressed
    message, e.g. :func:`local_compress`) and exchanges it; the exchange returns
    ``delta_mean``, the mean of all ranks' ``C(u)``. Both are dense, or, for a
-   method with :attr:`ErrorFeedback.sparse_deltas` and a sparse compressor
-   (top-k), :class:`~commlib.compress.SparseDelta` (or sparse COO tensors): the
-   method's buffers are then updated at the kept entries only, with the same
-   bits (but a ``−0.0`` in a buffer, which ``+ 0`` would have made ``+0.0``).
+   method with :attr:`ErrorFeedback.sparse_deltas`: from a sparse compressor
+   (top-k), :class:`~commlib.compress.SparseDelta` (or sparse COO tensors), so the
+   method's buffers are updated at the kept entries only; from a dense one,
+   :class:`~commlib.compress.LazyDelta` (a linear compressor's mean, a gather
+   compressor's local ``C(u)``), decoded where it is consumed. The same bits
+   either way (but the sign of a zero: a ``−0.0`` in a buffer, which ``+ 0``
+   would have made ``+0.0``).
 3. ``out = method.commit(key, g, delta_local, delta_mean)`` — updates the state
    and returns what the optimizer must see: a fresh tensor, or ``out=`` (which
    may be ``g`` itself, e.g. DDP's bucket: it is written last).
@@ -39,7 +42,7 @@ from torch import Tensor
 
 from .. import ops
 from ..compress.base import Compressor, TensorContext
-from ..compress.lazy_mean import LazyMean
+from ..compress.lazy_delta import LazyDelta
 from ..compress.sparse_delta import SparseDelta
 
 __all__ = ["ErrorFeedback", "Delta", "add_delta_", "is_finite", "require_local_compressor", "local_compress",
@@ -47,7 +50,7 @@ __all__ = ["ErrorFeedback", "Delta", "add_delta_", "is_finite", "require_local_c
 
 #: A compressed message as :meth:`ErrorFeedback.commit` receives it: dense, zero but at a few entries, or (the
 #: ranks' mean of a linear compressor) decoded where it is consumed.
-Delta = Tensor | SparseDelta | LazyMean
+Delta = Tensor | SparseDelta | LazyDelta
 
 
 def add_delta_(t: Tensor, delta: Delta, alpha: float = 1.0) -> Tensor:
@@ -299,13 +302,13 @@ class ErrorFeedback(ABC):
 
     def _delta(self, delta: object, what: str, shape: torch.Size) -> Delta:
         """``delta`` checked: a dense tensor in ``dtype``, or a :class:`SparseDelta` (sparse COO converted) or
-        :class:`LazyMean`."""
-        sparse = isinstance(delta, (SparseDelta, LazyMean)) or (isinstance(delta, Tensor) and delta.is_sparse)
+        :class:`LazyDelta`."""
+        sparse = isinstance(delta, (SparseDelta, LazyDelta)) or (isinstance(delta, Tensor) and delta.is_sparse)
         if sparse and not self.sparse_deltas:
             raise ValueError(f"{self.name}: {what} must be dense (this method's sparse_deltas is False)")
         if isinstance(delta, Tensor) and delta.is_sparse:
             delta = SparseDelta.from_coo(delta)
-        if isinstance(delta, (SparseDelta, LazyMean)):
+        if isinstance(delta, (SparseDelta, LazyDelta)):
             if delta.shape != shape:
                 raise ValueError(f"{self.name}: {what} has shape {tuple(delta.shape)}, expected {tuple(shape)}")
             return delta

@@ -163,7 +163,7 @@ class EControl(ErrorFeedback):
         if isinstance(dl, SparseDelta):  # one pass over e, hᵢ and g (commlib.ops.econtrol_commit_)
             ops.econtrol_commit_(s["e"], s["h_local"], g, dl.indices, dl.values.to(s["e"].dtype))
         else:
-            s["e"].add_(torch.sub(g, s["h_local"], out=s["scratch"]).sub_(dl))
-            s["h_local"].add_(dl)
+            s["e"].add_(add_delta_(torch.sub(g, s["h_local"], out=s["scratch"]), dl, alpha=-1.0))
+            add_delta_(s["h_local"], dl)
         add_delta_(s["h"], dm)
         return s["h"]

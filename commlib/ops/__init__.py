@@ -320,18 +320,21 @@ def qsgd_encode(
     return _reference.qsgd_encode(x, bucket_size, levels, bits, max_norm, seed)
 
 
-def qsgd_decode_add(out: Tensor, scales: Tensor, packed: Tensor, bucket_size: int, levels: int, bits: int) -> None:
+def qsgd_decode_add(out: Tensor, scales: Tensor, packed: Tensor, bucket_size: int, levels: int, bits: int,
+                    subtract: bool = False) -> None:
     """``out += scale/s · (code − s)`` per element, after validating every scale and code (``ValueError``).
 
-    ``out`` must be a contiguous 1-D float32 tensor (it is updated in place);
-    a malformed payload raises before ``out`` is touched.
+    ``subtract``: ``out −=`` the same values instead (``out − v``, one rounding: the bits of subtracting
+    the decoded tensor). ``out`` must be a contiguous 1-D float32 tensor (it is updated in place); a
+    malformed payload raises before ``out`` is touched.
     """
     if not isinstance(out, Tensor) or out.dtype != torch.float32 or out.dim() != 1 or not out.is_contiguous():
         raise ValueError("qsgd_decode_add: out must be a contiguous 1-D float32 tensor")
     if _has_kernel(out, torch.float32) and scales.device == out.device and packed.device == out.device:
-        torch.ops.commlib.qsgd_decode_add(out, scales.contiguous(), packed.contiguous(), bucket_size, levels, bits)
+        torch.ops.commlib.qsgd_decode_add(out, scales.contiguous(), packed.contiguous(), bucket_size, levels, bits,
+                                          bool(subtract))
         return
-    _reference.qsgd_decode_add(out, scales, packed, bucket_size, levels, bits)
+    _reference.qsgd_decode_add(out, scales, packed, bucket_size, levels, bits, bool(subtract))
 
 
 def count_sketch_add_(table: Tensor, x: Tensor, seed: int, offset: int = 0) -> None:

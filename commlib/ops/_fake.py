@@ -125,7 +125,7 @@ def _qsgd_encode_fake(
 
 @_register_fake("commlib::qsgd_decode_add")
 def _qsgd_decode_add_fake(
-    out: Tensor, scales: Tensor, packed: Tensor, bucket_size: int, levels: int, bits: int
+    out: Tensor, scales: Tensor, packed: Tensor, bucket_size: int, levels: int, bits: int, subtract: bool = False
 ) -> None:
     _check_vector("qsgd_decode_add", out, torch.float32)
     _check_vector("qsgd_decode_add", scales, torch.float32)

@@ -341,8 +341,10 @@ def qsgd_encode(
     return scales, pack_bits(codes, bits)
 
 
-def qsgd_decode_add(out: Tensor, scales: Tensor, packed: Tensor, bucket_size: int, levels: int, bits: int) -> None:
-    """``out += float32(scale/s)·(code − s)`` per element: the inverse of :func:`qsgd_encode`, accumulated.
+def qsgd_decode_add(out: Tensor, scales: Tensor, packed: Tensor, bucket_size: int, levels: int, bits: int,
+                    subtract: bool = False) -> None:
+    """``out += float32(scale/s)·(code − s)`` per element: the inverse of :func:`qsgd_encode`, accumulated
+    (``subtract``: ``out −=`` the same values, one rounding each).
 
     Validates first (sizes, every scale finite and non-negative, every code
     ``≤ 2s``; ``ValueError``), so a malformed payload leaves ``out`` untouched.
@@ -363,7 +365,11 @@ def qsgd_decode_add(out: Tensor, scales: Tensor, packed: Tensor, bucket_size: in
     if n and int(codes.max()) > 2 * levels:
         raise ValueError(f"qsgd_decode_add: a code exceeds 2 * levels = {2 * levels}")
     step = (scales / float(levels)).repeat_interleave(bucket_size)[:n]
-    out.add_((codes.to(torch.float32) - float(levels)) * step)
+    values = (codes.to(torch.float32) - float(levels)) * step
+    if subtract:
+        out.sub_(values)
+    else:
+        out.add_(values)
 
 
 SKETCH_PRIME = 2**31 - 1

@@ -380,7 +380,7 @@ std::tuple<at::Tensor, at::Tensor> qsgd_encode_cpu(const at::Tensor& x, int64_t 
 }
 
 void qsgd_decode_add_cpu(const at::Tensor& out, const at::Tensor& scales, const at::Tensor& packed,
-                         int64_t bucket_size, int64_t levels, int64_t bits) {
+                         int64_t bucket_size, int64_t levels, int64_t bits, bool subtract) {
   check_qsgd_decode_args(out, scales, packed, bucket_size, levels, bits);
   const int64_t n = out.numel();
   bucket_size = effective_bucket(n, bucket_size);
@@ -413,7 +413,7 @@ void qsgd_decode_add_cpu(const at::Tensor& out, const at::Tensor& scales, const 
   });
   TORCH_CHECK_VALUE(!bad.load(), "qsgd_decode_add: a code exceeds 2 * levels = ", max_code);
 
-  // Pass 2: out += scale / s * (code - s).
+  // Pass 2: out += scale / s * (code - s), or out -= it (the same product, then one subtraction).
   at::parallel_for(0, blocks.count, 1, [&](int64_t first_block, int64_t last_block) {
     std::vector<uint8_t> codes(std::min(blocks.length, n));
     const float s = static_cast<float>(levels);
@@ -426,8 +426,14 @@ void qsgd_decode_add_cpu(const at::Tensor& out, const at::Tensor& scales, const 
         const float step = scale_in[(begin + off) / bucket_size] / s;
         float* o = dst + begin + off;
         const uint8_t* code = codes.data() + off;
-        for (int64_t j = 0; j < size; ++j) {
-          o[j] += step * static_cast<float>(static_cast<int>(code[j]) - static_cast<int>(levels));
+        if (subtract) {
+          for (int64_t j = 0; j < size; ++j) {
+            o[j] -= step * static_cast<float>(static_cast<int>(code[j]) - static_cast<int>(levels));
+          }
+        } else {
+          for (int64_t j = 0; j < size; ++j) {
+            o[j] += step * static_cast<float>(static_cast<int>(code[j]) - static_cast<int>(levels));
+          }
         }
       }
     }

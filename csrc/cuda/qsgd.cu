@@ -85,13 +85,14 @@ __global__ void quantize_kernel(const float* __restrict__ x, int64_t n, int64_t 
 
 __global__ void dequantize_add_kernel(float* __restrict__ out, int64_t n, int64_t bucket_size,
                                       const float* __restrict__ scales, const uint8_t* __restrict__ codes,
-                                      int levels) {
+                                      int levels, bool subtract) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) {
     return;
   }
   const float step = scales[i / bucket_size] / static_cast<float>(levels);
-  out[i] = __fadd_rn(out[i], __fmul_rn(step, static_cast<float>(static_cast<int>(codes[i]) - levels)));
+  const float value = __fmul_rn(step, static_cast<float>(static_cast<int>(codes[i]) - levels));
+  out[i] = subtract ? __fsub_rn(out[i], value) : __fadd_rn(out[i], value);
 }
 
 }  // namespace
@@ -127,7 +128,7 @@ std::tuple<at::Tensor, at::Tensor> qsgd_encode_cuda(const at::Tensor& x, int64_t
 }
 
 void qsgd_decode_add_cuda(const at::Tensor& out, const at::Tensor& scales, const at::Tensor& packed,
-                          int64_t bucket_size, int64_t levels, int64_t bits) {
+                          int64_t bucket_size, int64_t levels, int64_t bits, bool subtract) {
   check_qsgd_decode_args(out, scales, packed, bucket_size, levels, bits);
   const c10::cuda::CUDAGuard device_guard(out.device());
   const int64_t n = out.numel();
@@ -143,7 +144,7 @@ void qsgd_decode_add_cuda(const at::Tensor& out, const at::Tensor& scales, const
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   dequantize_add_kernel<<<blocks_for(n, "qsgd_decode_add"), kThreadsPerBlock, 0, stream>>>(
       out.data_ptr<float>(), n, bucket_size, scales.data_ptr<float>(), codes.data_ptr<uint8_t>(),
-      static_cast<int>(levels));
+      static_cast<int>(levels), subtract);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

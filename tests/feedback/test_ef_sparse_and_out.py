@@ -16,7 +16,7 @@ import torch
 
 from commlib.comm.exchange import ExchangeConfig, GradientExchange
 from commlib.comm.local import run_lockstep
-from commlib.compress import QSGD, LazyMean, RandK, Sketch, SparseDelta, TensorContext, TopK
+from commlib.compress import QSGD, LazyDelta, RandK, Sign, Sketch, SparseDelta, TensorContext, TopK
 from commlib.errors import WireFormatError
 from commlib.feedback import EF14, EF21, EF21SGDM, EControl, NoFeedback
 from commlib.feedback.base import ErrorFeedback
@@ -195,14 +195,16 @@ def test_handed_over_bucket_receives_the_result_with_the_same_bits(compressor, m
                     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
 
 
-LINEAR = [Sketch(ratio=4, block=16, mode="projection"), Sketch(ratio=4, family="countsketch", rows=3), RandK(0.3)]
+DECODED_ON_USE = [Sketch(ratio=4, block=16, mode="projection"), Sketch(ratio=4, family="countsketch", rows=3),
+                  RandK(0.3), QSGD(bits=4, bucket_size=16), Sign()]
 
 
-@pytest.mark.parametrize("compressor", LINEAR, ids=lambda c: f"{c.name}-{getattr(c, 'family', '')}")
+@pytest.mark.parametrize("compressor", DECODED_ON_USE, ids=lambda c: f"{c.name}-{getattr(c, 'family', '')}")
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.name)
-def test_a_linear_mean_decoded_on_use_keeps_the_dense_bits(compressor, method: ErrorFeedback) -> None:
-    """A linear compressor's mean reaches the feedback as a :class:`LazyMean` (EF14 and no feedback decode it
-    straight into the bucket): every output and buffer keeps the bits of a method that takes dense deltas only."""
+def test_deltas_decoded_on_use_keep_the_dense_bits(compressor, method: ErrorFeedback) -> None:
+    """A linear compressor's mean, and a gather compressor's local ``C(u)``, reach the feedback as
+    :class:`LazyDelta` objects (decoded into the bucket, or into the buffer being updated): every output and buffer
+    keeps the bits of a method that takes dense deltas only."""
     n, shapes = 3, {"a": (12, 10), "b": (7, 9)}
     dense_method = copy.deepcopy(method)
     dense_method.sparse_deltas = False  # the exchange then hands it the mean as a dense tensor
@@ -229,7 +231,7 @@ def test_a_linear_mean_decoded_on_use_keeps_the_dense_bits(compressor, method: E
                     assert all(_same_bits(state_a[k], state_b[k]) for k in state_a), (step, key)
 
 
-def test_lazy_mean_writes_in_place_or_copies() -> None:
+def test_lazy_delta_writes_in_place_or_copies() -> None:
     calls: list[torch.Tensor | None] = []
 
     def decode(into: torch.Tensor | None) -> torch.Tensor:
@@ -237,7 +239,7 @@ def test_lazy_mean_writes_in_place_or_copies() -> None:
         out = torch.empty(6) if into is None else into
         return out.copy_(torch.arange(6.0))
 
-    mean = LazyMean(decode, torch.Size((2, 3)))
+    mean = LazyDelta(decode, torch.Size((2, 3)))
     out = torch.full((2, 3), float("nan"))
     assert mean.write_to(out) is out and calls[-1].data_ptr() == out.data_ptr()
     assert torch.equal(out, torch.arange(6.0).view(2, 3))
@@ -249,7 +251,7 @@ def test_lazy_mean_writes_in_place_or_copies() -> None:
     with pytest.raises(ValueError, match=r"out must have shape \(2, 3\)"):
         mean.write_to(torch.zeros(6))
     with pytest.raises(ValueError, match="delta_mean has shape"):
-        EF14().commit("w", torch.ones(4), torch.ones(4), LazyMean(decode, torch.Size((6,))))
+        EF14().commit("w", torch.ones(4), torch.ones(4), LazyDelta(decode, torch.Size((6,))))
 
 
 class _EControlFresh(EControl):

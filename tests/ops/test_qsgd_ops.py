@@ -66,6 +66,14 @@ def assert_encode_parity(x: torch.Tensor, bucket_size: int, levels: int, bits: i
     torch.ops.commlib.qsgd_decode_add(out_k, k_scales, k_packed, bucket_size, levels, bits)
     reference.qsgd_decode_add(out_r, k_scales, k_packed, bucket_size, levels, bits)
     assert torch.equal(bits_of(out_k), bits_of(out_r)), "decode differs"
+    # subtract: out − v, one rounding, on both paths; the bits of subtracting the decoded tensor
+    base = torch.randn(x.numel(), generator=g)
+    sub_k, sub_r, decoded = base.clone(), base.clone(), torch.zeros(x.numel())
+    torch.ops.commlib.qsgd_decode_add(sub_k, k_scales, k_packed, bucket_size, levels, bits, True)
+    reference.qsgd_decode_add(sub_r, k_scales, k_packed, bucket_size, levels, bits, subtract=True)
+    reference.qsgd_decode_add(decoded, k_scales, k_packed, bucket_size, levels, bits)
+    assert torch.equal(bits_of(sub_k), bits_of(sub_r)), "subtracting decode differs"
+    assert torch.equal(bits_of(sub_r), bits_of(base - decoded)), "subtract is not out − decoded"
     return k_scales, k_packed
 
 
