@@ -121,10 +121,10 @@ class Compressor(ABC):
         ``sparse=True`` says the caller (error feedback) takes deltas other than
         dense tensors: a compressor whose ``C(x)`` is mostly zeros (top-k) then
         returns ``mean`` and ``local`` as :class:`~commlib.compress.SparseDelta`
-        (same values, no pass over the whole tensor), a linear one the mean as
-        a :class:`~commlib.compress.LazyDelta` (decoded where it is consumed,
-        e.g. straight into the output); the others return them dense whatever
-        ``sparse`` says.
+        (same values, no pass over the whole tensor); a linear one returns the
+        mean, and a gather one its ``local``, as a :class:`~commlib.compress.LazyDelta`
+        (decoded where it is consumed: into the output, or into the buffer being
+        updated). Both are valid until the caller's next step of the protocol.
         """
         raise ValueError(f"{type(self).__name__} has no local compression operator C(x); error feedback needs one")
         yield  # pragma: no cover - makes this a generator

@@ -48,8 +48,8 @@ from ..compress.sparse_delta import SparseDelta
 __all__ = ["ErrorFeedback", "Delta", "add_delta_", "is_finite", "require_local_compressor", "local_compress",
            "default_eta"]
 
-#: A compressed message as :meth:`ErrorFeedback.commit` receives it: dense, zero but at a few entries, or (the
-#: ranks' mean of a linear compressor) decoded where it is consumed.
+#: A compressed message as :meth:`ErrorFeedback.commit` receives it: dense, zero but at a few entries, or decoded
+#: where it is consumed (a linear compressor's mean, a gather compressor's local ``C(u)``).
 Delta = Tensor | SparseDelta | LazyDelta
 
 

@@ -37,6 +37,16 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and torch.equal(a.view(torch.int32), b.view(torch.int32))
 
 
+def _assert_same_states(ours: list[GradientExchange], theirs: list[GradientExchange], keys) -> None:
+    """Every rank's feedback state, key by key: present on both sides or neither, every buffer bit for bit."""
+    for a, b in zip(ours, theirs):
+        for key in keys:
+            state_a, state_b = a.feedback.get(key), b.feedback.get(key)
+            assert (state_a is None) == (state_b is None)
+            if state_a is not None:
+                assert all(_same_bits(state_a[k], state_b[k]) for k in state_a), key
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_topk_sparse_local_message_is_the_dense_one(shape) -> None:
     topk = TopK(density=0.2)
@@ -187,12 +197,7 @@ def test_handed_over_bucket_receives_the_result_with_the_same_bits(compressor, m
             assert compressed and all(o.data_ptr() == g.data_ptr() for o, (name, g) in zip(outs, named)
                                       if g.dim() >= 2)
             assert all(_same_bits(o, r) for o, r in zip(outs, refs))
-        for a, b in zip(plain, handed):
-            for key in shapes:
-                state_a, state_b = a.feedback.get(key), b.feedback.get(key)
-                assert (state_a is None) == (state_b is None)
-                if state_a is not None:
-                    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+        _assert_same_states(plain, handed, shapes)
 
 
 DECODED_ON_USE = [Sketch(ratio=4, block=16, mode="projection"), Sketch(ratio=4, family="countsketch", rows=3),
@@ -223,12 +228,7 @@ def test_deltas_decoded_on_use_keep_the_dense_bits(compressor, method: ErrorFeed
         for (outs, _), (refs, _), named in zip(got, ref, grads):
             assert all(o.data_ptr() == g.data_ptr() for o, (_, g) in zip(outs, named))
             assert all(_same_bits(o, r) for o, r in zip(outs, refs))
-        for a, b in zip(lazy, dense):
-            for key in shapes:
-                state_a, state_b = a.feedback.get(key), b.feedback.get(key)
-                assert (state_a is None) == (state_b is None)
-                if state_a is not None:
-                    assert all(_same_bits(state_a[k], state_b[k]) for k in state_a), (step, key)
+        _assert_same_states(lazy, dense, shapes)
 
 
 def test_lazy_delta_writes_in_place_or_copies() -> None:
