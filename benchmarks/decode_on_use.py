@@ -18,10 +18,14 @@ the last step):
   before ``out=``;
 * ``Sketch(ratio=20, mode="projection")`` + EF14, ``QSGD(bits=4)`` + EF14 and
   + EF21: ``decoded on use`` hands the feedback :class:`~commlib.compress.LazyDelta`
-  objects (the sketch's mean, decoded into the bucket; QSGD's local ``C(u)``,
+  objects (the sketch's mean, decoded into the bucket; QSGD's mean, its rows
+  checked without decoding, decoded into the bucket too, and its local ``C(u)``,
   decoded into ``e`` or ``hᵢ`` as ``u − C(u)`` or ``hᵢ + C(u)``); ``new tensor``
   gives the feedback dense deltas only (``sparse_deltas = False``): each is
-  decoded into a new tensor, then added or copied, as before.
+  decoded into a new tensor, then added or copied, as before;
+* ``QSGD 4-bit + EF14, vs new mean``: the same, against a QSGD that hands the
+  feedback its local ``C(u)`` on use but its mean as a new tensor (the mean's
+  share of the saving alone).
 
 Steps are **interleaved**: round i runs step i of every path once, in an order
 shuffled per round from ``(--seed, i)``; the bucket is refilled from the same
@@ -56,7 +60,7 @@ from torch import Tensor
 from commlib import ops
 from commlib.comm.exchange import ExchangeConfig, GradientExchange
 from commlib.comm.local import run_lockstep
-from commlib.compress import QSGD, Compressor, Sketch, TensorContext
+from commlib.compress import QSGD, Compressor, GatherCompressor, Sketch, TensorContext
 from commlib.feedback import EF14, EF21, ErrorFeedback
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -69,22 +73,34 @@ class NewTensorSketch(Sketch):
         return super().decode(total, shape, ctx)
 
 
-# setting -> (compressor for "decoded on use", compressor for "new tensor", feedback or None)
-SETTINGS: dict[str, tuple[Callable[[], Compressor], Callable[[], Compressor], Callable[[], ErrorFeedback] | None]] = {
-    "Sketch 1/20, no feedback": (lambda: Sketch(ratio=20.0), lambda: NewTensorSketch(ratio=20.0), None),
+class NewMeanQSGD(QSGD):
+    """A ``QSGD`` whose exchange hands error feedback its local ``C(u)`` decoded on use but the mean as a new
+    dense tensor (the path before the gathered rows were checked without decoding)."""
+
+    def exchange_local(self, x: Tensor, ctx: TensorContext, sparse: bool = False):
+        return (yield from GatherCompressor.exchange_local(self, x, ctx, sparse))
+
+
+# setting -> (compressor for "decoded on use", compressor for "new tensor", feedback or None, whether the
+# "new tensor" path's feedback still takes deltas decoded on use)
+SETTINGS: dict[str, tuple[Callable[[], Compressor], Callable[[], Compressor], Callable[[], ErrorFeedback] | None,
+                          bool]] = {
+    "Sketch 1/20, no feedback": (lambda: Sketch(ratio=20.0), lambda: NewTensorSketch(ratio=20.0), None, False),
     "Sketch 1/20 projection + EF14": (lambda: Sketch(ratio=20.0, mode="projection"),
-                                      lambda: Sketch(ratio=20.0, mode="projection"), EF14),
-    "QSGD 4-bit + EF14": (lambda: QSGD(bits=4), lambda: QSGD(bits=4), EF14),
-    "QSGD 4-bit + EF21": (lambda: QSGD(bits=4), lambda: QSGD(bits=4), EF21),
+                                      lambda: Sketch(ratio=20.0, mode="projection"), EF14, False),
+    "QSGD 4-bit + EF14": (lambda: QSGD(bits=4), lambda: QSGD(bits=4), EF14, False),
+    "QSGD 4-bit + EF21": (lambda: QSGD(bits=4), lambda: QSGD(bits=4), EF21, False),
+    "QSGD 4-bit + EF14, vs new mean": (lambda: QSGD(bits=4), lambda: NewMeanQSGD(bits=4), EF14, True),
 }
 
 
 def _path(setting: str, on_use: bool, gradient: Tensor, shape: tuple[int, int]) -> dict:
-    new_compressor, old_compressor, feedback = SETTINGS[setting]
+    new_compressor, old_compressor, feedback, old_on_use = SETTINGS[setting]
     method = None
     if feedback is not None:
         method = feedback()
-        method.sparse_deltas = on_use  # False: dense deltas, decoded into new tensors, then added or copied
+        # False: dense deltas, decoded into new tensors, then added or copied
+        method.sparse_deltas = on_use or old_on_use
     exchange = GradientExchange(new_compressor() if on_use else old_compressor(), 0, 1,
                                 ExchangeConfig(seed=0, start_step=0, min_compression_rate=0.0), feedback=method)
     buffer = torch.empty_like(gradient)

@@ -157,6 +157,8 @@ def size_cases(d: int, with_reference: bool, seed: int) -> list[Case]:
              "memcpy (float32)"),
         Case("qsgd", "qsgd decode-add 4-bit", lambda: ops.qsgd_decode_add(out, scales, packed, 128, 7, 4), fbytes,
              "memcpy (float32)"),
+        Case("qsgd", "qsgd check 4-bit (no decode)", lambda: ops.qsgd_check(scales, packed, d, 128, 7, 4), fbytes,
+             "qsgd decode-add 4-bit"),
     ]
     if with_reference:
         cases.append(Case("qsgd", "qsgd encode reference", lambda: reference.qsgd_encode(x, 128, 7, 4, False, 1),

@@ -40,6 +40,10 @@ TORCH_LIBRARY(commlib, m) {
   m.def("qsgd_decode_add(Tensor(a!) out, Tensor scales, Tensor packed, int bucket_size, int levels, int bits, "
         "bool subtract=False) -> ()",
         {at::Tag::pt2_compliant_tag});
+  // The checks of qsgd_decode_add on a payload of n codes, without decoding it: sizes, every scale finite and
+  // non-negative, every code <= 2 * levels (ValueError otherwise).
+  m.def("qsgd_check(Tensor scales, Tensor packed, int n, int bucket_size, int levels, int bits) -> ()",
+        {at::Tag::pt2_compliant_tag});
   // Count sketch (see sketch.h): table (rows, cols) float32 += sketch of x at global indices offset + [0, numel).
   m.def("count_sketch_add_(Tensor(a!) table, Tensor x, int seed, int offset) -> ()", {at::Tag::pt2_compliant_tag});
   // Median-of-rows estimates of the elements at global indices offset + [0, length).

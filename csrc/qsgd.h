@@ -69,32 +69,42 @@ inline void check_float_vector(const char* op, const char* name, const at::Tenso
   TORCH_CHECK_VALUE(t.is_contiguous(), op, ": ", name, " must be contiguous");
 }
 
-inline void check_qsgd_decode_args(const at::Tensor& out, const at::Tensor& scales, const at::Tensor& packed,
-                                   int64_t bucket_size, int64_t levels, int64_t bits) {
-  const char* op = "qsgd_decode_add";
+// The size checks of a payload of n codes (scales, packed) under op's name.
+inline void check_qsgd_payload_sizes(const char* op, int64_t n, const at::Tensor& scales, const at::Tensor& packed,
+                                     int64_t bucket_size, int64_t levels, int64_t bits) {
   check_qsgd_config(op, bucket_size, levels, bits);
-  check_float_vector(op, "out", out);
   check_float_vector(op, "scales", scales);
   check_byte_vector(op, "packed", packed);
-  const int64_t n = out.numel();
+  TORCH_CHECK_VALUE(n >= 0, op, ": n must be a non-negative integer, got ", n);
   TORCH_CHECK_VALUE(scales.numel() == num_buckets(n, bucket_size), op, ": ", n, " elements in buckets of ",
                     bucket_size, " need ", num_buckets(n, bucket_size), " scales, got ", scales.numel());
   TORCH_CHECK_VALUE(packed.numel() == packed_length(n, bits), op, ": ", n, " codes of ", bits, " bits need ",
                     packed_length(n, bits), " bytes, got ", packed.numel());
-  TORCH_CHECK_VALUE(scales.device() == out.device() && packed.device() == out.device(), op,
-                    ": out, scales and packed must be on one device");
+  TORCH_CHECK_VALUE(packed.device() == scales.device(), op, ": scales and packed must be on one device");
+}
+
+inline void check_qsgd_decode_args(const at::Tensor& out, const at::Tensor& scales, const at::Tensor& packed,
+                                   int64_t bucket_size, int64_t levels, int64_t bits) {
+  const char* op = "qsgd_decode_add";
+  check_float_vector(op, "out", out);
+  check_qsgd_payload_sizes(op, out.numel(), scales, packed, bucket_size, levels, bits);
+  TORCH_CHECK_VALUE(scales.device() == out.device(), op, ": out, scales and packed must be on one device");
 }
 
 std::tuple<at::Tensor, at::Tensor> qsgd_encode_cpu(const at::Tensor& x, int64_t bucket_size, int64_t levels,
                                                    int64_t bits, bool max_norm, int64_t seed);
 void qsgd_decode_add_cpu(const at::Tensor& out, const at::Tensor& scales, const at::Tensor& packed,
                          int64_t bucket_size, int64_t levels, int64_t bits, bool subtract);
+void qsgd_check_cpu(const at::Tensor& scales, const at::Tensor& packed, int64_t n, int64_t bucket_size,
+                    int64_t levels, int64_t bits);
 
 #ifdef WITH_CUDA
 std::tuple<at::Tensor, at::Tensor> qsgd_encode_cuda(const at::Tensor& x, int64_t bucket_size, int64_t levels,
                                                     int64_t bits, bool max_norm, int64_t seed);
 void qsgd_decode_add_cuda(const at::Tensor& out, const at::Tensor& scales, const at::Tensor& packed,
                           int64_t bucket_size, int64_t levels, int64_t bits, bool subtract);
+void qsgd_check_cuda(const at::Tensor& scales, const at::Tensor& packed, int64_t n, int64_t bucket_size,
+                     int64_t levels, int64_t bits);
 #endif
 
 }  // namespace commlib

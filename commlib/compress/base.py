@@ -183,8 +183,8 @@ class GatherCompressor(Compressor):
     def decode_local(self, payload: Tensor, shape: torch.Size, ctx: TensorContext,
                      sparse: bool = False) -> Tensor | LazyDelta:
         """One payload decoded alone: ``C(x)`` (float32, ``shape``), dense; with ``sparse`` a :class:`LazyDelta`,
-        decoded on use, for a payload already validated (:meth:`exchange_local` decodes every row for the mean
-        first, this rank's included)."""
+        decoded on use, for a payload already validated (:meth:`exchange_local` checks every row first, this
+        rank's included)."""
         if sparse:
             return LazyDelta(lambda into: self._decode_one(payload, shape, ctx, into), shape,
                              lambda t, subtract: self.decode_add(payload, t, ctx, subtract))
@@ -254,6 +254,31 @@ class ScaledCodesCompressor(GatherCompressor):
     def wire_bytes(self, shape: torch.Size) -> WireBytes:
         numel = shape.numel()
         return WireBytes(values=ops.packed_length(numel, self.code_bits), scales=4 * self.num_groups(numel))
+
+    def exchange_local(self, x: Tensor, ctx: TensorContext,
+                       sparse: bool = False) -> Protocol[tuple[Tensor | LazyDelta, Tensor | LazyDelta]]:
+        """``(mean, local)``; with ``sparse``, both as :class:`LazyDelta`, decoded where error feedback
+        consumes them.
+
+        Every row is validated first (:meth:`check_payload`, no decoding), so decoding cannot
+        fail after the feedback state is updated. The mean decodes as :meth:`decode_all` (zero,
+        add the rows in rank order, divide): EF14 writes it straight into its output, the DDP
+        bucket, with no new tensor and no copy.
+        """
+        if not sparse:
+            return (yield from super().exchange_local(x, ctx))
+        parts = yield from self._gather(x, ctx)
+        self.check_parts(parts, x.shape)
+        for row in parts:
+            self.check_payload(row, x.shape, ctx)
+        mean = LazyDelta(lambda into: self.decode_all(parts, x.shape, ctx, into=into), x.shape)
+        return mean, self.decode_local(parts[ctx.rank], x.shape, ctx, sparse=True)
+
+    def check_payload(self, payload: Tensor, shape: torch.Size, ctx: TensorContext) -> None:
+        """Raise :class:`WireFormatError` exactly when :meth:`decode_add` would refuse ``payload``, without
+        decoding it. Here: its length and scales (:meth:`split_scaled`); every ``code_bits``-bit value is a
+        code (a subclass with fewer codes checks them too)."""
+        self.split_scaled(payload, shape, ctx)
 
     def groups(self, flat: Tensor) -> Tensor:
         """``flat`` zero-padded to whole groups, as a ``(num_groups, group_size)`` matrix."""

@@ -215,7 +215,9 @@ class PowerSGD(Compressor):
         p_sum = yield AllReduce(mat @ q, ordered=True)
         check_finite(p_sum, f"powersgd P ({ctx.key})")
         p = orthonormalize_(p_sum / ctx.world_size, self.orthogonalization_epsilon)
-        q_sum = yield AllReduce((p.t() @ mat).t(), ordered=True)  # = Mᵀ P, reading M row by row: 1.3-1.8× faster
+        # Mᵀ P, reading M row by row (1.3-1.8× faster than mat.t() @ p), sent contiguous: a runtime that fuses
+        # collectives returns it contiguous anyway, and BLAS may round P Qᵀ differently for the two layouts of Q.
+        q_sum = yield AllReduce((p.t() @ mat).t().contiguous(), ordered=True)
         check_finite(q_sum, f"powersgd Q ({ctx.key})")
         q = q_sum / ctx.world_size
         target = handed_over(x, ctx)

@@ -113,6 +113,14 @@ class QSGD(ScaledCodesCompressor):
             raise ValueError(f"qsgd: cannot encode {ctx.key!r}: {exc}") from exc
         return torch.cat([scales.view(torch.uint8), packed])
 
+    def check_payload(self, payload: Tensor, shape: torch.Size, ctx: TensorContext) -> None:
+        """The length and scales, then every code ``≤ 2s`` on the packed bytes (:func:`commlib.ops.qsgd_check`)."""
+        scales, body = self.split_scaled(payload, shape, ctx)
+        try:
+            ops.qsgd_check(scales, body, shape.numel(), self.bucket_size, self.s, self.code_bits)
+        except ValueError as exc:
+            raise WireFormatError(f"qsgd: malformed payload for {ctx.key!r}: {exc}") from exc
+
     def decode_add(self, payload: Tensor, out: Tensor, ctx: TensorContext, subtract: bool = False) -> None:
         scales, body = self.split_scaled(payload, out.shape, ctx)
         try:

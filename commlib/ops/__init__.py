@@ -18,7 +18,8 @@ The ops:
 - :func:`ef_topk_` (error feedback with top-k: ``e += g``, select, zero the
   selected entries of ``e``, fused);
 - :func:`qsgd_encode` (quantize + pack), :func:`qsgd_decode_add`
-  (validate, unpack, dequantize, accumulate);
+  (validate, unpack, dequantize, accumulate), :func:`qsgd_check` (the
+  decoder's validation alone);
 - :func:`count_sketch_add_`, :func:`count_unsketch` (count sketch, hashes
   computed from the seed), :func:`srht`, :func:`srht_transpose` (blockwise
   subsampled randomized Hadamard transform).
@@ -50,6 +51,7 @@ __all__ = [
     "ef_topk_",
     "pack_bits",
     "packed_length",
+    "qsgd_check",
     "qsgd_decode_add",
     "qsgd_encode",
     "sparse_mean_rows",
@@ -335,6 +337,23 @@ def qsgd_decode_add(out: Tensor, scales: Tensor, packed: Tensor, bucket_size: in
                                           bool(subtract))
         return
     _reference.qsgd_decode_add(out, scales, packed, bucket_size, levels, bits, bool(subtract))
+
+
+def qsgd_check(scales: Tensor, packed: Tensor, n: int, bucket_size: int, levels: int, bits: int) -> None:
+    """Raise ``ValueError`` exactly when :func:`qsgd_decode_add` would refuse this payload of ``n`` codes,
+    without decoding it: sizes, every scale finite and non-negative, every code ``≤ 2s``.
+
+    The kernel compares the codes on the packed bytes, several per 64-bit word; it is the
+    decoder's own first pass.
+    """
+    if not isinstance(scales, Tensor) or not isinstance(packed, Tensor):
+        raise ValueError("qsgd_check: scales and packed must be tensors")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"qsgd_check: n must be a non-negative integer, got {n!r}")
+    if _has_kernel(scales, torch.float32) and packed.device == scales.device:
+        torch.ops.commlib.qsgd_check(scales.contiguous(), packed.contiguous(), n, bucket_size, levels, bits)
+        return
+    _reference.qsgd_check(scales, packed, n, bucket_size, levels, bits)
 
 
 def count_sketch_add_(table: Tensor, x: Tensor, seed: int, offset: int = 0) -> None:

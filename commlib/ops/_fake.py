@@ -132,6 +132,12 @@ def _qsgd_decode_add_fake(
     _check_vector("qsgd_decode_add", packed, torch.uint8)
 
 
+@_register_fake("commlib::qsgd_check")
+def _qsgd_check_fake(scales: Tensor, packed: Tensor, n: int, bucket_size: int, levels: int, bits: int) -> None:
+    _check_vector("qsgd_check", scales, torch.float32)
+    _check_vector("qsgd_check", packed, torch.uint8)
+
+
 @_register_fake("commlib::count_sketch_add_")
 def _count_sketch_add_fake(table: Tensor, x: Tensor, seed: int, offset: int) -> None:
     torch._check_value(table.dim() == 2, lambda: f"count_sketch_add_: table must be 2-D, got {tuple(table.shape)}")

@@ -30,6 +30,7 @@ __all__ = [
     "pack_bits",
     "packed_length",
     "sparse_mean_rows",
+    "qsgd_check",
     "qsgd_decode_add",
     "qsgd_encode",
     "srht",
@@ -341,30 +342,44 @@ def qsgd_encode(
     return scales, pack_bits(codes, bits)
 
 
+def _qsgd_codes(op: str, scales: Tensor, packed: Tensor, n: int, bucket_size: int, levels: int, bits: int) -> Tensor:
+    """The ``n`` codes of a QSGD payload, unpacked, after the decoder's checks (``ValueError`` naming ``op``)."""
+    _check_qsgd_config(bucket_size, levels, bits)
+    _check_float_vector(op, "scales", scales)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"{op}: n must be a non-negative integer, got {n!r}")
+    n_buckets = -(-n // bucket_size)
+    if scales.numel() != n_buckets:
+        raise ValueError(
+            f"{op}: {n} elements in buckets of {min(bucket_size, max(n, 1))} need {n_buckets} scales, "
+            f"got {scales.numel()}"
+        )
+    if not bool(torch.isfinite(scales).all()) or bool((scales < 0).any()):
+        raise ValueError(f"{op}: every scale must be finite and non-negative")
+    codes = unpack_bits(packed, bits, n)
+    if n and int(codes.max()) > 2 * levels:
+        raise ValueError(f"{op}: a code exceeds 2 * levels = {2 * levels}")
+    return codes
+
+
+def qsgd_check(scales: Tensor, packed: Tensor, n: int, bucket_size: int, levels: int, bits: int) -> None:
+    """The checks of :func:`qsgd_decode_add` on a payload of ``n`` codes, without decoding it: sizes,
+    every scale finite and non-negative, every code ``≤ 2s`` (``ValueError``)."""
+    _qsgd_codes("qsgd_check", scales, packed, n, bucket_size, levels, bits)
+
+
 def qsgd_decode_add(out: Tensor, scales: Tensor, packed: Tensor, bucket_size: int, levels: int, bits: int,
                     subtract: bool = False) -> None:
     """``out += float32(scale/s)·(code − s)`` per element: the inverse of :func:`qsgd_encode`, accumulated
     (``subtract``: ``out −=`` the same values, one rounding each).
 
-    Validates first (sizes, every scale finite and non-negative, every code
+    Validates first (:func:`qsgd_check`: sizes, every scale finite and non-negative, every code
     ``≤ 2s``; ``ValueError``), so a malformed payload leaves ``out`` untouched.
     """
-    _check_qsgd_config(bucket_size, levels, bits)
     _check_float_vector("qsgd_decode_add", "out", out)
-    _check_float_vector("qsgd_decode_add", "scales", scales)
     n = out.numel()
-    n_buckets = -(-n // bucket_size)
-    bucket_size = min(bucket_size, max(n, 1))
-    if scales.numel() != n_buckets:
-        raise ValueError(
-            f"qsgd_decode_add: {n} elements in buckets of {bucket_size} need {n_buckets} scales, got {scales.numel()}"
-        )
-    if not bool(torch.isfinite(scales).all()) or bool((scales < 0).any()):
-        raise ValueError("qsgd_decode_add: every scale must be finite and non-negative")
-    codes = unpack_bits(packed, bits, n)
-    if n and int(codes.max()) > 2 * levels:
-        raise ValueError(f"qsgd_decode_add: a code exceeds 2 * levels = {2 * levels}")
-    step = (scales / float(levels)).repeat_interleave(bucket_size)[:n]
+    codes = _qsgd_codes("qsgd_decode_add", scales, packed, n, bucket_size, levels, bits)
+    step = (scales / float(levels)).repeat_interleave(min(bucket_size, max(n, 1)))[:n]
     values = (codes.to(torch.float32) - float(levels)) * step
     if subtract:
         out.sub_(values)

@@ -28,7 +28,13 @@ class GeometricMedian(GramAggregator):
       and stops when ``‖Δz‖ ≤ max(tol, 4ε)·max(‖z‖, ν)``;
     * ``weights_from_gram(G)`` iterates on the coefficients c of ``z = Σ cᵢ xᵢ``
       (distances from the Gram matrix: ``‖xᵢ − z‖² = Gᵢᵢ − 2(Gc)ᵢ + cᵀGc``),
-      starting at the medoid, and stops when ``‖Δc‖₁ ≤ tol``.
+      and stops when ``‖Δc‖₁ ≤ tol``. It returns the medoid itself when Kuhn's
+      condition says that data point is the median (``‖Σᵢ uᵢ‖ ≤ η``, unit vectors
+      towards the other rows, η rows equal to it: several honest workers sending
+      the same vector), and otherwise starts at the centroid. Not at the medoid:
+      there the distance to itself is 0 (weight 1/ν), a step moves z by about ν,
+      and ``Gᵢᵢ − 2(Gc)ᵢ + cᵀGc`` cannot resolve so small a distance (it cancels
+      to the rounding noise of ``G``), so the iteration would stay at the medoid.
 
     ByzFL's defaults (ν = 0.1, 3 steps from 0) stop far from the median; these
     defaults run to convergence.
@@ -56,9 +62,14 @@ class GeometricMedian(GramAggregator):
         return z
 
     def _weights(self, G: Tensor, f: int) -> Tensor:
+        sq = sqdist_from_gram(G)
+        medoid = int(sq.sqrt().sum(dim=1).argmin())
+        if _data_point_is_median(sq, medoid):
+            c = torch.zeros(G.shape[0], dtype=torch.float64, device=G.device)
+            c[medoid] = 1.0
+            return c
         diag = G.diagonal()
-        c = torch.zeros(G.shape[0], dtype=torch.float64, device=G.device)
-        c[int(sqdist_from_gram(G).sqrt().sum(dim=1).argmin())] = 1.0
+        c = torch.full((G.shape[0],), 1.0 / G.shape[0], dtype=torch.float64, device=G.device)
         for _ in range(self.max_iter):
             gc = G @ c
             dist = (diag - 2.0 * gc + c @ gc).clamp_min(0.0).sqrt()
@@ -72,3 +83,21 @@ class GeometricMedian(GramAggregator):
 
     def __repr__(self) -> str:
         return f"GeometricMedian(nu={self.nu}, tol={self.tol}, max_iter={self.max_iter})"
+
+
+def _data_point_is_median(sq: Tensor, k: int) -> bool:
+    """Whether ``x_k`` minimizes Σᵢ ‖z − xᵢ‖, from the squared distances ``sq`` (Kuhn's condition).
+
+    With ``η`` rows equal to ``x_k`` (distance exactly 0, ``x_k`` included) and unit
+    vectors ``uᵢ = (xᵢ − x_k)/‖xᵢ − x_k‖`` towards the others, ``x_k`` is a
+    geometric median iff ``‖Σᵢ uᵢ‖ ≤ η``. ``uᵢ·uⱼ = (sq_ki + sq_kj − sq_ij)/(2 d_ki d_kj)``
+    (law of cosines), so distances alone decide.
+    """
+    d = sq[k].sqrt()
+    others = d > 0
+    eta = int((~others).sum())
+    if not bool(others.any()):
+        return True
+    w = torch.where(others, 1.0 / d.clamp_min(torch.finfo(d.dtype).tiny), 0.0)
+    cosines = (sq[k][:, None] + sq[k][None, :] - sq) / 2.0
+    return float(w @ cosines @ w) <= eta**2

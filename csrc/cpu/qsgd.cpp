@@ -12,8 +12,10 @@
 //     the output; otherwise they go to an L2-resident scratch buffer that is
 //     then packed into the block's bytes.
 //   decode: first every scale and every code is validated (a malformed
-//     payload raises before out is touched), then per block the codes are
-//     unpacked to scratch and accumulated into out.
+//     payload raises before out is touched; the codes are compared on the
+//     packed bytes, several per 64-bit word: swar::codes_at_most), then per
+//     block the codes are unpacked to scratch and accumulated into out.
+//   check: the decoder's validation alone (qsgd_check).
 #include "../qsgd.h"
 
 #include <algorithm>
@@ -379,41 +381,75 @@ std::tuple<at::Tensor, at::Tensor> qsgd_encode_cpu(const at::Tensor& x, int64_t 
   return {scales, packed};
 }
 
+namespace {
+
+constexpr int64_t kCheckBytesPerTask = int64_t{1} << 18;
+
+// Whether each of the n codes packed at `packed` (bits 2, 4 or 8) is <= max_code:
+// in parallel over whole-byte ranges, the last range taking the tail codes.
+bool codes_at_most(const uint8_t* packed, int64_t n, int64_t bits, unsigned max_code) {
+  const int64_t per_byte = 8 / bits;
+  const int64_t ranges = std::max<int64_t>(1, n / per_byte / kCheckBytesPerTask);
+  const int64_t range_codes = (n / ranges) / (8 * per_byte) * (8 * per_byte);  // whole words per range
+  std::atomic<bool> over{false};
+  at::parallel_for(0, ranges, 1, [&](int64_t first, int64_t last) {
+    for (int64_t r = first; r < last; ++r) {
+      const int64_t begin = r * range_codes;
+      const int64_t count = r + 1 == ranges ? n - begin : range_codes;
+      const uint8_t* start = packed + begin / per_byte;
+      bool ok = true;
+      switch (bits) {
+        case 2: ok = swar::codes_at_most<2>(start, count, max_code); break;
+        case 4: ok = swar::codes_at_most<4>(start, count, max_code); break;
+        default: {
+          uint8_t largest = 0;
+          for (int64_t j = 0; j < count; ++j) {
+            largest = std::max(largest, start[j]);
+          }
+          ok = largest <= max_code;
+        }
+      }
+      if (!ok) {
+        over.store(true, std::memory_order_relaxed);
+      }
+    }
+  });
+  return !over.load();
+}
+
+// What qsgd_decode_add checks before touching out (sizes aside): every scale
+// finite and non-negative, every code at most 2 * levels.
+void check_qsgd_payload(const char* op, const at::Tensor& scales, const at::Tensor& packed, int64_t n,
+                        int64_t levels, int64_t bits) {
+  const float* scale_in = scales.data_ptr<float>();
+  for (int64_t b = 0; b < scales.numel(); ++b) {
+    TORCH_CHECK_VALUE(is_finite_bits(scale_in[b]) && scale_in[b] >= 0.0f, op, ": scale ", b, " = ", scale_in[b],
+                      " is not finite and non-negative");
+  }
+  TORCH_CHECK_VALUE(codes_at_most(packed.data_ptr<uint8_t>(), n, bits, static_cast<unsigned>(2 * levels)), op,
+                    ": a code exceeds 2 * levels = ", 2 * levels);
+}
+
+}  // namespace
+
+void qsgd_check_cpu(const at::Tensor& scales, const at::Tensor& packed, int64_t n, int64_t bucket_size,
+                    int64_t levels, int64_t bits) {
+  check_qsgd_payload_sizes("qsgd_check", n, scales, packed, bucket_size, levels, bits);
+  check_qsgd_payload("qsgd_check", scales, packed, n, levels, bits);
+}
+
 void qsgd_decode_add_cpu(const at::Tensor& out, const at::Tensor& scales, const at::Tensor& packed,
                          int64_t bucket_size, int64_t levels, int64_t bits, bool subtract) {
   check_qsgd_decode_args(out, scales, packed, bucket_size, levels, bits);
   const int64_t n = out.numel();
   bucket_size = effective_bucket(n, bucket_size);
+  check_qsgd_payload("qsgd_decode_add", scales, packed, n, levels, bits);  // before out is touched
   const float* scale_in = scales.data_ptr<float>();
-  for (int64_t b = 0; b < scales.numel(); ++b) {
-    TORCH_CHECK_VALUE(is_finite_bits(scale_in[b]) && scale_in[b] >= 0.0f, "qsgd_decode_add: scale ", b, " = ",
-                      scale_in[b], " is not finite and non-negative");
-  }
   const uint8_t* src = packed.data_ptr<uint8_t>();
   float* dst = out.data_ptr<float>();
   const Blocks blocks = make_blocks(n, bucket_size);
-  const int max_code = static_cast<int>(2 * levels);
 
-  // Pass 1: every code must be <= 2s.
-  std::atomic<bool> bad{false};
-  at::parallel_for(0, blocks.count, 1, [&](int64_t first_block, int64_t last_block) {
-    std::vector<uint8_t> codes(std::min(blocks.length, n));
-    for (int64_t blk = first_block; blk < last_block; ++blk) {
-      const int64_t begin = blk * blocks.length;
-      const int64_t len = std::min(blocks.length, n - begin);
-      unpack_block(src + begin * bits / 8, codes.data(), len, bits);
-      uint8_t largest = 0;
-      for (int64_t j = 0; j < len; ++j) {
-        largest = std::max(largest, codes[j]);
-      }
-      if (largest > max_code) {
-        bad.store(true, std::memory_order_relaxed);
-      }
-    }
-  });
-  TORCH_CHECK_VALUE(!bad.load(), "qsgd_decode_add: a code exceeds 2 * levels = ", max_code);
-
-  // Pass 2: out += scale / s * (code - s), or out -= it (the same product, then one subtraction).
+  // out += scale / s * (code - s), or out -= it (the same product, then one subtraction).
   at::parallel_for(0, blocks.count, 1, [&](int64_t first_block, int64_t last_block) {
     std::vector<uint8_t> codes(std::min(blocks.length, n));
     const float s = static_cast<float>(levels);
@@ -443,6 +479,7 @@ void qsgd_decode_add_cpu(const at::Tensor& out, const at::Tensor& scales, const 
 TORCH_LIBRARY_IMPL(commlib, CPU, m) {
   m.impl("qsgd_encode", &qsgd_encode_cpu);
   m.impl("qsgd_decode_add", &qsgd_decode_add_cpu);
+  m.impl("qsgd_check", &qsgd_check_cpu);
 }
 
 }  // namespace commlib

@@ -19,8 +19,9 @@
 //   (stage h pairs element t with t + h inside runs of 2h). With AVX-512 the
 //   signs are hashed 16 at a time, stages 1, 2, 4, 8 run inside a register
 //   (fused with the sign flip in srht), and the remaining stages two at a
-//   time (radix 4), whose contiguous inner loops vectorize. Same butterflies,
-//   same operands: the same bits as the reference.
+//   time (radix 4), whose contiguous inner loops vectorize; with AVX2, 8 at
+//   a time and stages 1, 2, 4. Same butterflies, same operands: the same
+//   bits as the reference.
 #include "../sketch.h"
 
 #include <algorithm>
@@ -32,7 +33,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -126,6 +127,37 @@ inline __m512 signs16(uint64_t seed, int64_t first) {
                                         static_cast<uint32_t>(first));
   return _mm512_mask_blend_ps(odd, _mm512_set1_ps(1.0f), _mm512_set1_ps(-1.0f));
 }
+#elif defined(__AVX2__)
+// Stages h = 1, 2, 4 inside one 8-float register, as fwht16 does with 16.
+inline __m256 fwht8(__m256 v) {
+  __m256 p = _mm256_permute_ps(v, 0xB1);
+  v = _mm256_blend_ps(_mm256_add_ps(v, p), _mm256_sub_ps(p, v), 0xAA);
+  p = _mm256_permute_ps(v, 0x4E);
+  v = _mm256_blend_ps(_mm256_add_ps(v, p), _mm256_sub_ps(p, v), 0xCC);
+  p = _mm256_permute2f128_ps(v, v, 0x01);
+  return _mm256_blend_ps(_mm256_add_ps(v, p), _mm256_sub_ps(p, v), 0xF0);
+}
+
+// The signs of sketch.h, hash32(seed, i) odd -> -1, for the 8 indices first + 0..7 (all below 2^32).
+inline __m256 signs8(uint64_t seed, int64_t first) {
+  const __m256i m1 = _mm256_set1_epi32(static_cast<int32_t>(0x85EBCA6Bu));
+  const __m256i m2 = _mm256_set1_epi32(static_cast<int32_t>(0xC2B2AE35u));
+  const auto fmix = [&](__m256i h) {
+    h = _mm256_xor_si256(h, _mm256_srli_epi32(h, 16));
+    h = _mm256_mullo_epi32(h, m1);
+    h = _mm256_xor_si256(h, _mm256_srli_epi32(h, 13));
+    h = _mm256_mullo_epi32(h, m2);
+    return _mm256_xor_si256(h, _mm256_srli_epi32(h, 16));
+  };
+  const __m256i index = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(first))),
+                                         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  const __m256i h = fmix(_mm256_xor_si256(
+      fmix(_mm256_add_epi32(_mm256_mullo_epi32(index, _mm256_set1_epi32(static_cast<int32_t>(0x9E3779B1u))),
+                            _mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(seed))))),
+      _mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(seed >> 32)))));
+  const __m256i sign_bit = _mm256_slli_epi32(_mm256_and_si256(h, _mm256_set1_epi32(1)), 31);
+  return _mm256_castsi256_ps(_mm256_or_si256(_mm256_set1_epi32(0x3F800000), sign_bit));  // ±1.0f
+}
 #endif
 
 // The vectorized sign path needs 16 indices below 2^32.
@@ -142,6 +174,13 @@ void fwht_from(float* __restrict__ v, int64_t n, int64_t from) {
       _mm512_storeu_ps(v + t, fwht16(_mm512_loadu_ps(v + t)));
     }
     h = 16;
+  }
+#elif defined(__AVX2__)
+  if (n >= 8 && h == 1) {
+    for (int64_t t = 0; t < n; t += 8) {
+      _mm256_storeu_ps(v + t, fwht8(_mm256_loadu_ps(v + t)));
+    }
+    h = 8;
   }
 #endif
   for (; 4 * h <= n; h *= 4) {
@@ -188,11 +227,34 @@ void sort_columns(float* m, int64_t rows, int64_t stride, int64_t len) {
 // reduced by min(x, x - P). Lanes are seeded with the direct formulas
 // (16 x 4 cubic evaluations), and reseeded whenever a call ends off the
 // 16-grid. The bucket ((h c) >> 31) needs one 32 x 32 -> 64-bit multiply
-// per lane (even and odd lanes separately).
+// per lane (even and odd lanes separately). With AVX2 (and not AVX-512)
+// the 16 lanes are two 8-lane registers each, stepped the same way (GCC
+// vectorizes the plain loops poorly: 9x slower); with neither, every index
+// is hashed with the direct formulas.
+// The 16 lanes' starting values for index `first`: lane l holds i = first + l; the
+// linear hash h(i) and the cubic g(i) with its step-16 forward differences D1, D2, D3.
+struct LaneSeeds {
+  uint32_t hash[16], poly[16], d1[16], d2[16], d3[16];
+
+  void compute(const CountSketchRow& h, uint64_t first) {
+    constexpr uint64_t P = kSketchPrime;
+    for (int l = 0; l < 16; ++l) {
+      const uint64_t i = first + static_cast<uint64_t>(l);
+      hash[l] = static_cast<uint32_t>(mod_mersenne31(mul32x32(h.a, i) + h.b));
+      const uint64_t p0 = h.sign_poly(i), p1 = h.sign_poly(i + 16), p2 = h.sign_poly(i + 32);
+      const uint64_t p3 = h.sign_poly(i + 48);
+      poly[l] = static_cast<uint32_t>(p0);
+      d1[l] = static_cast<uint32_t>((p1 + P - p0) % P);
+      d2[l] = static_cast<uint32_t>((p2 + 2 * P - 2 * p1 + p0) % P);
+      d3[l] = static_cast<uint32_t>((p3 + 3 * p1 + 4 * P - 3 * p2 - p0) % P);
+    }
+  }
+};
+
 class RowHashStream {
  public:
   RowHashStream(const CountSketchRow& h, uint64_t cols, uint64_t first) : h_(h), cols_(cols), next_(first) {
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
     seed_lanes();
 #endif
   }
@@ -211,6 +273,13 @@ class RowHashStream {
       step16(x == nullptr ? nullptr : x + t, b, v);
       _mm512_storeu_si512(bucket + t, b);
       _mm512_storeu_ps(value + t, v);
+    }
+#elif defined(__AVX2__)
+    if (lanes_at_ != next_) {
+      seed_lanes();
+    }
+    for (; t + 16 <= len; t += 16) {
+      step16(x == nullptr ? nullptr : x + t, bucket + t, value + t);
     }
 #endif
     for (; t < len; ++t) {
@@ -243,6 +312,20 @@ class RowHashStream {
       _mm512_mask_compressstoreu_ps(kept_value + kept, in, v);
       kept += __builtin_popcount(in);
     }
+#elif defined(__AVX2__)
+    if (lanes_at_ != next_) {
+      seed_lanes();
+    }
+    for (; t + 16 <= len; t += 16) {
+      alignas(32) int32_t b_lanes[16];
+      alignas(32) float v_lanes[16];
+      step16(x + t, b_lanes, v_lanes);
+      for (int l = 0; l < 16; ++l) {  // branch-free compaction: every lane written, the kept ones advance
+        kept_bucket[kept] = b_lanes[l];
+        kept_value[kept] = v_lanes[l];
+        kept += (b_lanes[l] >= lo) & (b_lanes[l] < hi);
+      }
+    }
 #endif
     for (; t < len; ++t) {
       const uint64_t at = next_ + static_cast<uint64_t>(t);
@@ -269,23 +352,13 @@ class RowHashStream {
   }
 
   void seed_lanes() {
-    constexpr uint64_t P = kSketchPrime;
-    alignas(64) uint32_t hash[16], g[16], d1[16], d2[16], d3[16];
-    for (int l = 0; l < 16; ++l) {
-      const uint64_t i = next_ + static_cast<uint64_t>(l);
-      hash[l] = static_cast<uint32_t>(mod_mersenne31(mul32x32(h_.a, i) + h_.b));
-      const uint64_t p0 = h_.sign_poly(i), p1 = h_.sign_poly(i + 16), p2 = h_.sign_poly(i + 32);
-      const uint64_t p3 = h_.sign_poly(i + 48);
-      g[l] = static_cast<uint32_t>(p0);
-      d1[l] = static_cast<uint32_t>((p1 + P - p0) % P);
-      d2[l] = static_cast<uint32_t>((p2 + 2 * P - 2 * p1 + p0) % P);
-      d3[l] = static_cast<uint32_t>((p3 + 3 * p1 + 4 * P - 3 * p2 - p0) % P);
-    }
-    hash_ = _mm512_load_si512(hash);
-    poly_ = _mm512_load_si512(g);
-    d1_ = _mm512_load_si512(d1);
-    d2_ = _mm512_load_si512(d2);
-    d3_ = _mm512_load_si512(d3);
+    alignas(64) LaneSeeds seeds;  // each array 64 bytes: all aligned for the register loads
+    seeds.compute(h_, next_);
+    hash_ = _mm512_load_si512(seeds.hash);
+    poly_ = _mm512_load_si512(seeds.poly);
+    d1_ = _mm512_load_si512(seeds.d1);
+    d2_ = _mm512_load_si512(seeds.d2);
+    d3_ = _mm512_load_si512(seeds.d3);
     step_a_ = _mm512_set1_epi32(static_cast<int32_t>(mod_mersenne31(16 * h_.a)));
     cols_v_ = _mm512_set1_epi64(static_cast<int64_t>(cols_));
     lanes_at_ = next_;
@@ -310,6 +383,52 @@ class RowHashStream {
   }
 
   __m512i hash_, poly_, d1_, d2_, d3_, step_a_, cols_v_;
+  uint64_t lanes_at_ = 0;  // the index lane 0 holds
+#elif defined(__AVX2__)
+  static inline __m256i add_mod(__m256i x, __m256i y) {
+    x = _mm256_add_epi32(x, y);
+    return _mm256_min_epu32(x, _mm256_sub_epi32(x, _mm256_set1_epi32(static_cast<int32_t>(kSketchPrime))));
+  }
+
+  // As the AVX-512 seeding: lanes 0-7 in the first register of each pair, 8-15 in the second.
+  void seed_lanes() {
+    alignas(64) LaneSeeds seeds;  // each array 64 bytes: all aligned for the register loads
+    seeds.compute(h_, next_);
+    for (int half = 0; half < 2; ++half) {
+      hash_[half] = _mm256_load_si256(reinterpret_cast<const __m256i*>(seeds.hash + 8 * half));
+      poly_[half] = _mm256_load_si256(reinterpret_cast<const __m256i*>(seeds.poly + 8 * half));
+      d1_[half] = _mm256_load_si256(reinterpret_cast<const __m256i*>(seeds.d1 + 8 * half));
+      d2_[half] = _mm256_load_si256(reinterpret_cast<const __m256i*>(seeds.d2 + 8 * half));
+      d3_[half] = _mm256_load_si256(reinterpret_cast<const __m256i*>(seeds.d3 + 8 * half));
+    }
+    step_a_ = _mm256_set1_epi32(static_cast<int32_t>(mod_mersenne31(16 * h_.a)));
+    cols_v_ = _mm256_set1_epi64x(static_cast<int64_t>(cols_));
+    lanes_at_ = next_;
+  }
+
+  // The AVX-512 step in two 8-lane halves: buckets and signed values of the 16 lanes (the sign as the bits of
+  // ±1.0f, times x), then every lane advances by 16.
+  inline void step16(const float* x, int32_t* bucket, float* value) {
+    for (int half = 0; half < 2; ++half) {
+      const __m256i h = hash_[half];
+      const __m256i even = _mm256_srli_epi64(_mm256_mul_epu32(h, cols_v_), 31);
+      const __m256i odd = _mm256_slli_epi64(_mm256_srli_epi64(_mm256_mul_epu32(_mm256_srli_epi64(h, 32), cols_v_), 31), 32);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(bucket + 8 * half), _mm256_blend_epi32(even, odd, 0xAA));
+      const __m256i sign_bit = _mm256_slli_epi32(_mm256_and_si256(poly_[half], _mm256_set1_epi32(1)), 31);
+      __m256 v = _mm256_castsi256_ps(_mm256_or_si256(_mm256_set1_epi32(0x3F800000), sign_bit));  // ±1.0f
+      if (x != nullptr) {
+        v = _mm256_mul_ps(v, _mm256_loadu_ps(x + 8 * half));
+      }
+      _mm256_storeu_ps(value + 8 * half, v);
+      hash_[half] = add_mod(h, step_a_);
+      poly_[half] = add_mod(poly_[half], d1_[half]);
+      d1_[half] = add_mod(d1_[half], d2_[half]);
+      d2_[half] = add_mod(d2_[half], d3_[half]);
+    }
+    lanes_at_ += 16;
+  }
+
+  __m256i hash_[2], poly_[2], d1_[2], d2_[2], d3_[2], step_a_, cols_v_;
   uint64_t lanes_at_ = 0;  // the index lane 0 holds
 #endif
 };
@@ -496,6 +615,15 @@ at::Tensor srht_cpu(const at::Tensor& x, int64_t block, const at::Tensor& rows, 
         }
         h_done = 16;
       }
+#elif defined(__AVX2__)
+      if (len == block && block >= 8 && small_indices(begin, len)) {  // the same with 8 lanes, three stages
+        for (int64_t t = 0; t < block; t += 8) {
+          const __m256 signed_x = _mm256_mul_ps(signs8(static_cast<uint64_t>(seed), begin + t),
+                                                _mm256_loadu_ps(src + begin + t));
+          _mm256_storeu_ps(v.data() + t, fwht8(signed_x));
+        }
+        h_done = 8;
+      }
 #endif
       if (h_done == 1) {
         for (int64_t t = 0; t < len; ++t) {
@@ -547,6 +675,14 @@ void srht_transpose_into(const char* op, const at::Tensor& y, int64_t block, con
         for (; t + 16 <= len; t += 16) {
           _mm512_storeu_ps(dst + begin + t, _mm512_mul_ps(signs16(static_cast<uint64_t>(seed), begin + t),
                                                           _mm512_mul_ps(_mm512_loadu_ps(v.data() + t), scale_v)));
+        }
+      }
+#elif defined(__AVX2__)
+      if (small_indices(begin, len)) {
+        const __m256 scale_v = _mm256_set1_ps(scale);
+        for (; t + 8 <= len; t += 8) {
+          _mm256_storeu_ps(dst + begin + t, _mm256_mul_ps(signs8(static_cast<uint64_t>(seed), begin + t),
+                                                          _mm256_mul_ps(_mm256_loadu_ps(v.data() + t), scale_v)));
         }
       }
 #endif

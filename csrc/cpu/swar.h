@@ -119,5 +119,35 @@ inline void unpack_tail(const uint8_t* packed, uint8_t* codes, int64_t first, in
   }
 }
 
+// Whether every code of `n` packed at `packed` with B bits (1, 2 or 4) is at
+// most max_code; the padding bits after code n - 1 are not read as codes.
+// Each B-bit field is moved to a byte lane, where adding 2^B - 1 - max_code
+// carries into bit B exactly when the field exceeds max_code (at most
+// 2^(B+1) - 2 < 256: no carry leaves the lane). Branch-free over whole words.
+template <int B>
+inline bool codes_at_most(const uint8_t* packed, int64_t n, unsigned max_code) {
+  static_assert(B == 1 || B == 2 || B == 4, "codes_at_most is for 1, 2 and 4 bits");
+  constexpr uint64_t kLanes = field_mask(B, 8);
+  constexpr uint64_t kCarry = kLanes + field_mask(1, 8);  // bit B of every byte lane: lane mask + 1
+  if (max_code >= (1u << B) - 1) {
+    return true;
+  }
+  const uint64_t add = (uint64_t{(1u << B) - 1 - max_code}) * field_mask(1, 8);
+  const int64_t whole_bytes = n * B / 8;  // bytes whose every code is below n
+  uint64_t over = 0;
+  int64_t i = 0;
+  for (; i + 8 <= whole_bytes; i += 8) {
+    const uint64_t word = load_le<8>(packed + i);
+    for (int shift = 0; shift < 8; shift += B) {
+      over |= (((word >> shift) & kLanes) + add) & kCarry;
+    }
+  }
+  for (int64_t code = i * 8 / B; code < n; ++code) {  // the last bytes, one code at a time
+    const int64_t bit = code * B;
+    over |= ((packed[bit >> 3] >> (bit & 7)) & ((1u << B) - 1)) > max_code;
+  }
+  return over == 0;
+}
+
 }  // namespace swar
 }  // namespace commlib

@@ -1,4 +1,4 @@
-// CUDA kernels of commlib::qsgd_encode and commlib::qsgd_decode_add (math in
+// CUDA kernels of commlib::qsgd_encode, commlib::qsgd_decode_add and commlib::qsgd_check (math in
 // ../qsgd.h, the same formulas as the CPU kernels).
 //   encode: (1) one block per bucket reduces the bucket's max |x| or sum of
 //           squares (in double) and stores the float scale and the bucket's
@@ -10,6 +10,7 @@
 //           then one thread per element adds scale / s * (code - s), with
 //           explicitly rounded operations (__fmul_rn, __fadd_rn) so nvcc does
 //           not contract them into a fused multiply-add.
+//   check: the decoder's validation alone.
 // The l2 sum runs in a different order from the CPU's, so a scale may differ
 // in its last bit; given equal scales the codes are equal.
 #include <cstdint>
@@ -127,17 +128,35 @@ std::tuple<at::Tensor, at::Tensor> qsgd_encode_cuda(const at::Tensor& x, int64_t
   return {scales, pack_bits_cuda(codes, bits)};
 }
 
+namespace {
+
+// What qsgd_decode_add checks before touching out (sizes aside); returns the unpacked codes.
+at::Tensor checked_codes(const char* op, const at::Tensor& scales, const at::Tensor& packed, int64_t n,
+                         int64_t levels, int64_t bits) {
+  TORCH_CHECK_VALUE(at::isfinite(scales).all().item<bool>() && scales.ge(0).all().item<bool>(), op,
+                    ": every scale must be finite and non-negative");
+  at::Tensor codes = unpack_bits_cuda(packed, bits, n);
+  TORCH_CHECK_VALUE(n == 0 || codes.max().item<int64_t>() <= 2 * levels, op, ": a code exceeds 2 * levels = ",
+                    2 * levels);
+  return codes;
+}
+
+}  // namespace
+
+void qsgd_check_cuda(const at::Tensor& scales, const at::Tensor& packed, int64_t n, int64_t bucket_size,
+                     int64_t levels, int64_t bits) {
+  check_qsgd_payload_sizes("qsgd_check", n, scales, packed, bucket_size, levels, bits);
+  const c10::cuda::CUDAGuard device_guard(scales.device());
+  checked_codes("qsgd_check", scales, packed, n, levels, bits);
+}
+
 void qsgd_decode_add_cuda(const at::Tensor& out, const at::Tensor& scales, const at::Tensor& packed,
                           int64_t bucket_size, int64_t levels, int64_t bits, bool subtract) {
   check_qsgd_decode_args(out, scales, packed, bucket_size, levels, bits);
   const c10::cuda::CUDAGuard device_guard(out.device());
   const int64_t n = out.numel();
   bucket_size = effective_bucket(n, bucket_size);
-  TORCH_CHECK_VALUE(at::isfinite(scales).all().item<bool>() && scales.ge(0).all().item<bool>(),
-                    "qsgd_decode_add: every scale must be finite and non-negative");
-  const at::Tensor codes = unpack_bits_cuda(packed, bits, n);
-  TORCH_CHECK_VALUE(n == 0 || codes.max().item<int64_t>() <= 2 * levels, "qsgd_decode_add: a code exceeds 2 * levels = ",
-                    2 * levels);
+  const at::Tensor codes = checked_codes("qsgd_decode_add", scales, packed, n, levels, bits);
   if (n == 0) {
     return;
   }
@@ -151,6 +170,7 @@ void qsgd_decode_add_cuda(const at::Tensor& out, const at::Tensor& scales, const
 TORCH_LIBRARY_IMPL(commlib, CUDA, m) {
   m.impl("qsgd_encode", &qsgd_encode_cuda);
   m.impl("qsgd_decode_add", &qsgd_decode_add_cuda);
+  m.impl("qsgd_check", &qsgd_check_cuda);
 }
 
 }  // namespace commlib

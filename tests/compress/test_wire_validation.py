@@ -116,6 +116,13 @@ def test_quantizers_reject_malformed_payloads(c, corrupt, problem):
     corrupt(parts)
     with pytest.raises(WireFormatError, match=problem):
         c.decode_all(parts, torch.Size([40]), CTX)
+    with pytest.raises(WireFormatError, match=problem):  # the check that runs without decoding refuses it too
+        c.check_payload(parts[1], torch.Size([40]), CTX)
+    # error feedback's exchange decodes its results on use: it must refuse the gathered rows before returning them
+    gen = c.exchange_local(torch.randn(40), CTX, sparse=True)
+    next(gen)
+    with pytest.raises(WireFormatError, match=problem):
+        gen.send(parts)
 
 
 @pytest.mark.parametrize("c", [TopK(k=4), QSGD(bits=4, bucket_size=16), QSGD(levels=1), Sign(chunk_size=16)])
@@ -128,6 +135,12 @@ def test_wrong_payload_length_is_rejected(c, delta):
     if not isinstance(c, TopK):
         with pytest.raises(WireFormatError, match="byte"):
             c.decode_add(wrong[0].contiguous(), torch.zeros(40), CTX)
+        with pytest.raises(WireFormatError, match="byte"):
+            c.check_payload(wrong[0].contiguous(), torch.Size([40]), CTX)
+        gen = c.exchange_local(torch.randn(40), CTX, sparse=True)
+        next(gen)
+        with pytest.raises(WireFormatError, match="byte"):
+            gen.send(wrong.contiguous())
         with pytest.raises(WireFormatError, match="uint8"):
             c.decode_add(parts[0].to(torch.int16), torch.zeros(40), CTX)
 

@@ -506,3 +506,94 @@ def test_srht_raw_kernel_rejects_non_contiguous() -> None:
         torch.ops.commlib.srht_transpose(torch.zeros(3, 2).t(), 8, ROWS, 16, 0)
     y = torch.randn(3, 2).t()  # the wrapper copies a strided y
     assert torch.equal(ops.srht_transpose(y, 8, ROWS, 16, 0), reference.srht_transpose(y.contiguous(), 8, ROWS, 16, 0))
+
+
+# ---------------------------------------------------------------- qsgd_check: the decoder's validation alone
+
+CHECKS = paths("qsgd_check")
+CHECK_CASES = [c for c in DECODE_CASES if not c[0].startswith("out-")]  # qsgd_check takes n, not out
+
+
+@pytest.mark.parametrize("check", [p[1] for p in CHECKS], ids=ids(CHECKS))
+@pytest.mark.parametrize("case", CHECK_CASES, ids=[c[0] for c in CHECK_CASES])
+def test_qsgd_check_rejects_what_the_decoder_rejects(check, case) -> None:
+    _, out, scales, packed, bucket_size, levels, bits, message = case
+    with pytest.raises(ValueError, match=message.replace("qsgd_decode_add", "qsgd_check")):
+        check(scales, packed, out.numel(), bucket_size, levels, bits)
+
+
+@pytest.mark.parametrize("check", [p[1] for p in CHECKS], ids=ids(CHECKS))
+@pytest.mark.parametrize("n", [-1, 2**63 - 1])
+def test_qsgd_check_rejects_a_bad_length(check, n: int) -> None:
+    with pytest.raises(ValueError, match="n must be a non-negative integer|need"):
+        check(S, PK, n, BS, LEVELS, BITS)
+
+
+def _bad_codes_everywhere(n: int, bits: int) -> list[int]:
+    """Positions for a bad code: both ends, 64-bit word edges, and the edges of 2**18-byte ranges (the kernel's
+    parallel split) and of the thirds of the vector."""
+    codes_per_word = 64 // bits
+    spots = {0, 1, n - 1, n - 2, codes_per_word - 1, codes_per_word, n - n % codes_per_word - 1}
+    thirds, halves = (n // parts // codes_per_word * codes_per_word for parts in (3, 2))
+    for step in (2**18 * (8 // bits), thirds, halves):
+        for k in range(1, n // max(step, 1) + 1):
+            spots.update({k * step - 1, k * step, k * step + 1})
+    return sorted(s for s in spots if 0 <= s < n)
+
+
+@pytest.mark.parametrize("bits, levels", [(2, 1), (4, 3), (4, 7), (8, 5), (8, 127)])
+def test_qsgd_check_finds_a_bad_code_anywhere(bits: int, levels: int) -> None:
+    """A single code one past 2s (or the largest that fits) at every edge of the kernel's words and parallel ranges,
+    in vectors long enough for several ranges: the kernel, the wrapper and the reference agree, and a clean payload
+    passes. Padding bits after the last code are not codes: set to ones, they are accepted, as the decoder does."""
+    n = 3 * 2**18 * (8 // bits) + 2 * (8 // bits) + 1  # several ranges and a partial last byte (except 8 bits)
+    x = torch.randn(n, generator=torch.Generator().manual_seed(bits))
+    scales, packed = reference.qsgd_encode(x, BS, levels, bits, False, 1)
+    codes = reference.unpack_bits(packed, bits, n)
+    for _, check in CHECKS:
+        check(scales, packed, n, BS, levels, bits)
+    if n % (8 // bits):
+        padded = packed.clone()
+        padded[-1] |= (0xFF << ((n % (8 // bits)) * bits)) & 0xFF
+        out = torch.zeros(n)
+        for _, check in CHECKS:
+            check(scales, padded, n, BS, levels, bits)
+        for _, decode in DECODERS:
+            decode(out, scales, padded, BS, levels, bits)
+    for where in _bad_codes_everywhere(n, bits):
+        for bad in {2 * levels + 1, 2**bits - 1}:
+            corrupt = codes.clone()
+            corrupt[where] = bad
+            payload = reference.pack_bits(corrupt, bits)
+            for _, check in CHECKS:
+                with pytest.raises(ValueError, match="exceeds"):
+                    check(scales, payload, n, BS, levels, bits)
+
+
+@given(n=st.integers(0, 300), bits_levels=st.sampled_from([(2, 1), (4, 1), (4, 6), (8, 2), (8, 126)]),
+       data=st.data())
+@settings(max_examples=200, deadline=None)
+def test_qsgd_check_agrees_with_the_decoder(n: int, bits_levels: tuple[int, int], data) -> None:
+    """Random byte strings as codes: every path of qsgd_check accepts exactly when the decoder does."""
+    bits, levels = bits_levels
+    packed = torch.tensor(data.draw(st.lists(st.integers(0, 255), min_size=reference.packed_length(n, bits),
+                                             max_size=reference.packed_length(n, bits))), dtype=torch.uint8)
+    scales = torch.ones(-(-n // BS))
+    try:
+        reference.qsgd_decode_add(torch.zeros(n), scales, packed, BS, levels, bits)
+        accepted = True
+    except ValueError:
+        accepted = False
+    for name, check in CHECKS:
+        try:
+            check(scales, packed, n, BS, levels, bits)
+            assert accepted, f"{name} accepted a payload the decoder refuses"
+        except ValueError as exc:
+            assert not accepted and "exceeds" in str(exc), (name, exc)
+
+
+@needs_extension
+@pytest.mark.skipif(not hasattr(torch.library, "opcheck"), reason="torch.library.opcheck needs torch >= 2.4")
+def test_qsgd_check_opcheck_and_meta() -> None:
+    torch.library.opcheck(torch.ops.commlib.qsgd_check.default, (S, PK, N, BS, LEVELS, BITS))
+    ops.qsgd_check(S.to("meta"), PK.to("meta"), N, BS, LEVELS, BITS)  # the fake kernel checks metadata only

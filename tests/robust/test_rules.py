@@ -97,6 +97,19 @@ def test_f_huge_outliers_geometric_median_within_1e6():
     assert (combine(X, GeometricMedian().weights_from_gram(gram(X))) - h).norm() < 1e-6
 
 
+def test_geometric_median_gram_path_leaves_a_medoid_that_is_not_the_median():
+    """Workers that share a large component: ``G`` is ~1e8 while the rows are ~50 apart. Started at the medoid,
+    Weiszfeld on the coefficients stayed there, since the distance from the medoid to itself (~ν after a step)
+    cancels to rounding noise of ``G`` and keeps its weight at 1/ν. The medoid is not the median (Kuhn's
+    condition fails), so the Gram path must reach the median the vector path finds."""
+    common = 100.0 * torch.randn(10_003, generator=torch.Generator().manual_seed(99), dtype=F64)
+    X = torch.stack([common + torch.randn(10_003, generator=torch.Generator().manual_seed(r), dtype=F64)
+                     for r in range(4)])
+    weights = GeometricMedian().weights_from_gram(gram(X))
+    assert float(weights.max()) < 0.3  # all four near 1/4, not one-hot at the medoid
+    assert (combine(X, weights) - GeometricMedian()(X)).abs().max() < 1e-4  # the rows differ by ~1 per coordinate
+
+
 def test_f_huge_outliers_centered_clipping_bound():
     h, X = outliers()
     tau = float(h.norm()) * 1.5
