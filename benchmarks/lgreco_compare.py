@@ -18,7 +18,8 @@ the 4-worker :class:`~commlib.sim.Simulator`:
 The grid and mixed methods run for the families that define those grids (QSGD and PowerSGD).
 
 All methods of a family use the same error feedback (EF14 for top-k, none for QSGD, which is
-unbiased, and PowerSGD, which commlib's error feedback does not take) and the same seeds; the
+unbiased, and PowerSGD, which commlib's error feedback does not take; family ``powersgd-ef`` uses
+PowerSGD's own feedback, every rank ``powersgd:r:ef``) and the same seeds; the
 L-GreCo methods without a suffix use :func:`~commlib.adaptive.default_grid` of the default. Uniform runs the plain
 compressor; the policies start from the same uniform default until their first decision, so the
 bytes before it are the same (checked on the digits results: uniform's ``last_step_bytes`` equals
@@ -27,6 +28,7 @@ the policies' ``default_bytes`` plus the dense biases and the 4-byte non-finite 
 
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing as mp
 import statistics
@@ -47,6 +49,7 @@ MERGE_KEYS = ("steps", "seeds", "period", "window", "first_solve", "batch", "lay
 
 _QSGD_GRID = tuple(f"qsgd:{b}x{s}{n}" for b in (2, 4, 8) for s in (32, 128, 512, 2048) for n in ("", ":max"))
 _RANKS = tuple(f"powersgd:{r}" for r in (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64))
+_RANKS_EF = tuple(f"{rank}:ef" for rank in _RANKS)
 _TOPK = tuple(f"topk:{d}" for d in (0.005, 0.01, 0.02, 0.05, 0.1, 0.2))
 
 
@@ -80,6 +83,8 @@ FAMILIES = {
                       mixed=(*_QSGD_GRID, *_TOPK)),
     "powersgd": Family("powersgd", "powersgd:4", "powersgd:8", "powersgd:2", feedback=False, grid=_RANKS,
                        mixed=(*_RANKS, *_QSGD_GRID, "fp16", "bf16")),
+    "powersgd-ef": Family("powersgd-ef", "powersgd:4:ef", "powersgd:8:ef", "powersgd:2:ef", feedback=False,
+                          grid=_RANKS_EF, mixed=(*_RANKS_EF, *_QSGD_GRID, "fp16", "bf16")),
 }
 
 
@@ -99,6 +104,25 @@ def make_simulator(method: str, family: Family, seed: int, workers: int, period:
     else:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     return Simulator(Identity(), workers, seed=seed, feedback=feedback, policy=policy)
+
+
+def add_naming_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--first-solve`` and ``--tag``, the options that (with ``--quick``) name the results file."""
+    parser.add_argument("--first-solve", type=int, default=None,
+                        help="L-GreCo's first decision at this compressed step (default: the period); "
+                             "results go to a file named ..._first<N>")
+    parser.add_argument("--tag", default=None,
+                        help="appended to the results file's name (e.g. steps400 → ..._steps400)")
+
+
+def results_name(base: str, args: argparse.Namespace) -> str:
+    """The results file's name without suffix: ``base[_quick][_first<N>][_<tag>]``."""
+    name = f"{base}_quick" if args.quick else base
+    if args.first_solve is not None:
+        name += f"_first{args.first_solve}"
+    if args.tag:
+        name += f"_{args.tag}"
+    return name
 
 
 def first_solve_note(args: object) -> str:

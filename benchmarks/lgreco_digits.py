@@ -1,6 +1,7 @@
 """Uniform vs L-GreCo vs Accordion on the digits MLP (4 simulated workers): bytes sent and test accuracy.
 
-For each family (top-k 0.1 with EF14, QSGD 4 bits without and with EF14, PowerSGD rank 4),
+For each family (top-k 0.1 with EF14, QSGD 4 bits without and with EF14, PowerSGD rank 4 without
+and with its own error feedback),
 method (``--methods``; the richer-grid and mixed-family L-GreCo methods for QSGD and PowerSGD)
 and seed (see :mod:`lgreco_compare` for the methods):
 
@@ -11,7 +12,7 @@ and seed (see :mod:`lgreco_compare` for the methods):
 3. record the bytes worker 0 sent over the whole run (dense warm-up and the uniform steps before
    the first decision included), the last step's bytes, and the test accuracy.
 
-Writes ``benchmarks/results/lgreco_digits{_quick}.json``, ``.md`` and ``.png``; with ``--merge``,
+Writes ``benchmarks/results/lgreco_digits{_quick}{_first<N>}{_<tag>}.json``, ``.md`` and ``.png``; with ``--merge``,
 the earlier file's runs of the (family, method) pairs not run now are kept (same settings required).
 Run: ``PYTHONPATH=. python benchmarks/lgreco_digits.py [--quick]``.
 """
@@ -26,10 +27,12 @@ from lgreco_compare import (
     FAMILIES,
     METHODS,
     RESULTS,
+    add_naming_arguments,
     describe,
     first_solve_note,
     make_simulator,
     merge_runs,
+    results_name,
     run_all,
     summarize,
     write_results,
@@ -61,9 +64,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--period", type=int, default=20)
     parser.add_argument("--window", type=int, default=10)
-    parser.add_argument("--first-solve", type=int, default=None,
-                        help="L-GreCo's first decision at this compressed step (default: the period); "
-                             "results go to a file named ..._first<N>")
+    add_naming_arguments(parser)
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--merge", action="store_true",
@@ -76,9 +77,7 @@ def main() -> None:
     torch.set_num_threads(1)
     tasks = [(family, method, seed, args) for family in args.families for method in FAMILIES[family].methods()
              if method in args.methods for seed in range(args.seeds)]
-    name = "lgreco_digits_quick" if args.quick else "lgreco_digits"
-    if args.first_solve is not None:
-        name += f"_first{args.first_solve}"
+    name = results_name("lgreco_digits", args)
     runs = run_all(_run_task, tasks, args.jobs)
     if args.merge:
         runs = merge_runs(RESULTS / f"{name}.json", runs, args)

@@ -95,7 +95,7 @@ def record(task: str, default: str, args: argparse.Namespace) -> tuple[WindowRec
     """Train ``task`` uniformly at ``default`` (seed 0) and return the recorder (worker 0's) and the layer shapes."""
     sim = Simulator(Identity(), WORKERS, seed=0, policy=WindowRecorder(default, args.period, args.window))
     if task == "digits":
-        model = mlp(hidden=256, seed=0)
+        model = mlp(hidden=args.hidden, depth=args.depth, seed=0)
         cfg = TrainConfig(steps=args.steps, seed=0)
         train_simulated(model, make_optimizer(model, cfg), load_digits(), cfg, sim)
     else:
@@ -164,7 +164,8 @@ _TRADEOFF_COLUMNS = {
 def markdown(reports: list[dict[str, object]], args: argparse.Namespace) -> str:
     lines = [f"L-GreCo's DP optimum at α = 1 on measured error tables: uniform training, seed 0, {args.period}-step "
              f"period, {args.window}-step window, 4 simulated workers; ratio = uniform default's bytes per step / "
-             "the DP choice's (policy layers only; mean, min–max over the windows)", ""]
+             "the DP choice's (policy layers only; mean, min–max over the windows); digits MLP "
+             f"64-{'-'.join([str(args.hidden)] * args.depth)}-10", ""]
     for rep in reports:
         lines += [f"### {rep['task']}, default {rep['default']} ({rep['windows']} windows)", "",
                   "| grid | options | × fewer bytes (norm) | × fewer bytes (squared) | last choice (norm) |",
@@ -197,7 +198,9 @@ def main() -> None:
     parser.add_argument("--period", type=int, default=20)
     parser.add_argument("--window", type=int, default=10)
     parser.add_argument("--batch", type=int, default=4, help="text: windows per worker per step")
-    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--layers", type=int, default=2, help="text: transformer blocks")
+    parser.add_argument("--hidden", type=int, default=256, help="digits: width of the MLP's hidden layers")
+    parser.add_argument("--depth", type=int, default=2, help="digits: number of hidden layers")
     parser.add_argument("--chars", type=int, default=200_000)
     parser.add_argument("--quick", action="store_true", help="smoke run: 40 steps, period 10, window 5")
     args = parser.parse_args()
@@ -212,6 +215,8 @@ def main() -> None:
             reports.append(analyse(task, default, task_args))
             print(f"{task} {default} done", flush=True)
     name = "lgreco_grids_quick" if args.quick else "lgreco_grids"
+    if (args.hidden, args.depth) != (256, 2):
+        name += f"_mlp{args.hidden}x{args.depth}"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps({"args": vars(args), "reports": reports}, indent=1))
     text = markdown(reports, args)

@@ -10,7 +10,8 @@ projection) and a 4× MLP, a final LayerNorm and a linear head. Every parameter 
 from its own seeded stream (never the global RNG). 11 matrices (with 2 layers) are compressed;
 LayerNorm weights and biases are 1-D and always go dense.
 
-Per family (top-k 0.1 with EF14, QSGD 4 bits without and with EF14, PowerSGD rank 4), method
+Per family (top-k 0.1 with EF14, QSGD 4 bits without and with EF14, PowerSGD rank 4 without and
+with its own error feedback), method
 (``--methods``) and seed (methods in :mod:`lgreco_compare`):
 
 1. each of the 4 workers draws ``--batch`` windows of 65 characters from the training text
@@ -19,7 +20,7 @@ Per family (top-k 0.1 with EF14, QSGD 4 bits without and with EF14, PowerSGD ran
 2. after ``--steps`` steps, record the bytes worker 0 sent over the run and the validation loss
    (nats per character) on 64 fixed windows of the validation text.
 
-Writes ``benchmarks/results/lgreco_text{_quick}.json``, ``.md`` and ``.png``; with ``--merge``,
+Writes ``benchmarks/results/lgreco_text{_quick}{_first<N>}{_<tag>}.json``, ``.md`` and ``.png``; with ``--merge``,
 the earlier file's runs of the (family, method) pairs not run now are kept (same settings required).
 Run: ``PYTHONPATH=. python benchmarks/lgreco_text.py [--quick]``.
 """
@@ -37,10 +38,12 @@ from lgreco_compare import (
     FAMILIES,
     METHODS,
     RESULTS,
+    add_naming_arguments,
     describe,
     first_solve_note,
     make_simulator,
     merge_runs,
+    results_name,
     run_all,
     summarize,
     write_results,
@@ -165,9 +168,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--period", type=int, default=20)
     parser.add_argument("--window", type=int, default=10)
-    parser.add_argument("--first-solve", type=int, default=None,
-                        help="L-GreCo's first decision at this compressed step (default: the period); "
-                             "results go to a file named ..._first<N>")
+    add_naming_arguments(parser)
     parser.add_argument("--batch", type=int, default=8, help="windows per worker per step")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--chars", type=int, default=200_000)
@@ -184,9 +185,7 @@ def main() -> None:
     data = load_text(args.chars)
     tasks = [(family, method, seed, data, args) for family in args.families for method in FAMILIES[family].methods()
              if method in args.methods for seed in range(args.seeds)]
-    name = "lgreco_text_quick" if args.quick else "lgreco_text"
-    if args.first_solve is not None:
-        name += f"_first{args.first_solve}"
+    name = results_name("lgreco_text", args)
     runs = run_all(_run_task, tasks, args.jobs)
     if args.merge:
         runs = merge_runs(RESULTS / f"{name}.json", runs, args)

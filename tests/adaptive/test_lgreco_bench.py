@@ -74,3 +74,24 @@ def test_window_recorder_keeps_sums_and_the_default() -> None:
         assert steps == {"w": 2}
         torch.testing.assert_close(sums["w"], pair[0][1] + pair[1][1])
     assert recorder.choices() == {"w": Option.parse("qsgd:4x128")}
+
+
+def test_powersgd_ef_family_keeps_feedback_on_every_option() -> None:
+    family = lgreco_compare.FAMILIES["powersgd-ef"]
+    assert not family.feedback  # the wrappers do not take PowerSGD: its own feedback is in the options
+    for name in (family.default, family.light, family.heavy, *family.grid):
+        assert Option.parse(name).error_feedback, name
+    sim = lgreco_compare.make_simulator("lgreco-grid-sq", family, seed=0, workers=2, period=5, window=2)
+    assert all(o.error_feedback for o in sim.policy.options if o.family == "powersgd")
+    assert sim.policy.default_option == Option.parse("powersgd:4:ef")
+
+
+@pytest.mark.parametrize("quick, first, tag, expected", [
+    (False, None, None, "lgreco_text"),
+    (True, None, None, "lgreco_text_quick"),
+    (False, 10, "steps300", "lgreco_text_first10_steps300"),
+    (True, 5, "x", "lgreco_text_quick_first5_x"),
+])
+def test_results_name(quick: bool, first: int | None, tag: str | None, expected: str) -> None:
+    args = argparse.Namespace(quick=quick, first_solve=first, tag=tag)
+    assert lgreco_compare.results_name("lgreco_text", args) == expected

@@ -140,17 +140,21 @@ def test_kernel_equals_reference_small(values: list[float], k_frac: float, seed:
 # ---------------------------------------------------------------- large inputs: the threshold path (numel >= 262144)
 
 
+#: How many positions the threshold kernel samples (``kSampleSize`` in ``csrc/cpu/topk.cpp``).
+SAMPLE_SIZE = 1 << 13
+
+
 def _sampled_positions(d: int, seed: int) -> torch.Tensor:
     """The positions the threshold kernel samples (``csrc/cpu/topk.cpp``), from the reference's hash."""
-    return (reference.hash32(seed, torch.arange(1 << 16)) * d) >> 32
+    return (reference.hash32(seed, torch.arange(SAMPLE_SIZE)) * d) >> 32
 
 
 def _threshold_boundary(d: int) -> int:
-    """The smallest k for which the kernel skips sampling (its rank reaches 65536/8): just past ~0.116·d."""
+    """The smallest k for which the kernel skips sampling (its rank reaches SAMPLE_SIZE/8): near 0.104·d."""
     k = d // 10
     while True:
-        e = 65536 * k / d
-        if math.ceil(1.05 * e + 4.0 * math.sqrt(e) + 16.0) >= 8192:
+        e = SAMPLE_SIZE * k / d
+        if math.ceil(1.05 * e + 4.0 * math.sqrt(e) + 16.0) >= SAMPLE_SIZE // 8:
             return k
         k += 1
 
@@ -215,7 +219,7 @@ BIG_KINDS = [
 
 
 def big_ks(d: int) -> list[int]:
-    """k = 1, a small k, k on both sides of the kernel's sampling boundary (~0.116·d), d/8, and k = d - 1."""
+    """k = 1, a small k, k on both sides of the kernel's sampling boundary (~0.104·d), d/8, and k = d - 1."""
     b = _threshold_boundary(d)
     return sorted({1, d // 1000, b - 1, b, d // 8, d - 1})
 
