@@ -105,14 +105,20 @@ def test_fixed_deadline_ends_rounds_without_the_straggler(digits) -> None:
 
 
 def test_late_worker_skips_stale_rounds_and_catches_up(digits) -> None:
-    """Worker 3 sleeps 0.1 s in round 0 only: it skips the rounds that passed meanwhile and is on time again."""
-    jobs = 40
-    results, hub = run_ranks(N + 1, roles("gc:1", jobs, digits, trace=slow(jobs, [3], 0.1, only_rounds=[0])))
+    """Worker 3 sleeps 0.3 s in round 0 only: it skips the rounds that passed meanwhile and is on time again.
+
+    Round 0 takes ~30 ms on an idle machine (the cutoff is twice the fastest worker), and ~15 rounds
+    pass during the sleep. 0.3 s keeps worker 3 late in round 0 even when a loaded machine slows
+    every worker's first round several times (0.1 s did not: CI once ran beside other jobs).
+    """
+    jobs = 80
+    results, hub = run_ranks(N + 1, roles("gc:1", jobs, digits, trace=slow(jobs, [3], 0.3, only_rounds=[0])))
     master, *_, worker3 = ok(results, hub)
     late = master.run.stragglers[:, 3]
     caught_up = int(np.argmin(late))  # the first round it made
     assert late[0] and caught_up > 0 and late[:caught_up].all()
-    assert late[caught_up:].sum() <= 3, np.flatnonzero(late)  # afterwards only natural lateness
+    natural = max(3, (jobs - caught_up) // 10)  # afterwards only natural lateness
+    assert late[caught_up:].sum() <= natural, np.flatnonzero(late)
     assert worker3.skipped and worker3.computed[0] == 0 and worker3.computed[-1] == jobs - 1
     assert not set(worker3.skipped) & set(worker3.computed) and master.late[3] >= 1
 
