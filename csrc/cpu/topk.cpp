@@ -18,7 +18,8 @@
 // ICLR 2018, corrected to exactly k):
 //   1. draw m = 8192 positions from the counter hash keyed by seed and take
 //      the sample's r-th largest key t, with r = 1.05*m*k/d + 4*sqrt(m*k/d)
-//      + 16, so that about (1.05..1.3)*k keys of x are >= t;
+//      + 16, so that about 1.2k (k = d/10), 1.7k (d/100) or 4.4k (d/1000)
+//      keys of x are >= t (the margin is fixed in sample ranks);
 //   2. one pass (in parallel over chunks) collects the indices of keys >= t;
 //   3. if fewer than k were collected (a bad sample), fall back to
 //      topk_magnitude; otherwise every top-k entry is a candidate, so
